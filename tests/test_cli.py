@@ -1,0 +1,118 @@
+"""The console scripts end to end, in fresh processes: fit, predict, resume after SIGKILL, clear errors."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli, write_dataset, zip_folder
+
+FIT = ('--folds', 2, '--epochs', 3, '--bs', 32, '--tta', 2, '--quiet')
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+    "A 2-fold fit on 300 generated images, and its folder."
+    root = tmp_path_factory.mktemp('fit')
+    write_dataset(root/'data', n_train=300, n_val=40)
+    res = run_cli('thera-fit', '--data', root/'data', '--out', root/'run', *FIT, env={'THERA_CACHE': str(root/'cache')})
+    assert res.returncode == 0, res.stderr
+    return root
+
+
+def test_fit_writes_learners_oof_and_report(trained):
+    run = trained/'run'
+    report = json.loads((run/'report.json').read_text())
+    assert report['complete'] and set(report['folds']) == {'0', '1'}
+    oof = pd.concat([pd.read_csv(run/f"fold{k}"/'oof.csv') for k in (0, 1)])
+    assert sorted(oof['row']) == list(range(300))          # every row predicted once, out of fold
+    assert report['pooled']['at_05']['hter'] < 0.2          # the dark band is easy to learn
+    assert 0 < report['pooled']['best_threshold'] < 1
+    assert '| pooled |' in (run/'report.md').read_text()
+    assert (run/'fold0'/'model.pkl').stat().st_size < 5e6   # exported without the images
+    assert len((run/'fold0'/'history.csv').read_text().splitlines()) == 4
+
+
+def test_predict_writes_labels_in_file_name_order(trained, tmp_path):
+    out = tmp_path/'label_val.txt'
+    res = run_cli('thera-predict', '--models', trained/'run', '--data', trained/'data', '--out', out, '--tta', 2,
+                  '--quiet', env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 0, res.stderr
+    labels = out.read_text().splitlines()
+    assert len(labels) == 40 and set(labels) <= {'0', '1'}
+    votes = pd.read_csv(tmp_path/'label_val_votes.csv', dtype={'image': str})
+    assert list(votes['image']) == [f"{i:06d}.jpg" for i in range(1, 41)]
+    assert (votes['label'].astype(str) == labels).all()
+    truth = np.loadtxt(trained/'data'/'val_truth.txt', dtype=int)
+    assert (np.array(labels, dtype=int) == truth).mean() > 0.85
+    assert '40 images, 2 fold models' in res.stdout
+
+
+def test_same_seed_same_folds_and_predictions(trained, tmp_path):
+    res = run_cli('thera-fit', '--data', trained/'data', '--out', tmp_path/'again', *FIT,
+                  env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 0, res.stderr
+    for k in (0, 1):
+        a, b = (pd.read_csv(d/f"fold{k}"/'oof.csv') for d in (trained/'run', tmp_path/'again'))
+        assert (a['row'] == b['row']).all()
+        # Training is bit-identical (every epoch's losses); a prediction may differ in the 7th decimal,
+        # as oneDNN's summation order depends on where a buffer lands in memory.
+        ha, hb = (pd.read_csv(d/f"fold{k}"/'history.csv') for d in (trained/'run', tmp_path/'again'))
+        assert ha[['train_loss', 'valid_loss']].equals(hb[['train_loss', 'valid_loss']])
+        assert np.allclose(a['prob'], b['prob'], atol=2e-6, rtol=0) and np.allclose(a['prob_tta'], b['prob_tta'], atol=2e-6, rtol=0)
+
+
+def test_rerun_skips_finished_folds(trained):
+    res = run_cli('thera-fit', '--data', trained/'data', '--out', trained/'run', *FIT,
+                  env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 0 and res.stdout.count('already finished, skipped') == 2
+
+
+def test_sigkill_mid_fold_then_resume(tmp_path):
+    write_dataset(tmp_path/'data', n_train=400, n_val=8)
+    args = ['--data', tmp_path/'data', '--out', tmp_path/'run', '--folds', 2, '--epochs', 6, '--bs', 16, '--tta', 0, '--quiet']
+    exe = Path(sys.executable).parent/'thera-fit'
+    proc = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache')})
+    deadline = time.time() + 300
+    while not list((tmp_path/'run'/'fold1').glob('ckpt-e*.pth')) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert (tmp_path/'run'/'fold0'/'done.json').exists() and not (tmp_path/'run'/'fold1'/'done.json').exists()
+    res = run_cli('thera-fit', *args, env={'THERA_CACHE': str(tmp_path/'cache')})
+    assert res.returncode == 0, res.stderr
+    assert 'fold 0/2: already finished, skipped' in res.stdout
+    assert json.loads((tmp_path/'run'/'fold1'/'done.json').read_text())['resumed_from_epoch'] >= 1
+    assert not list(tmp_path.rglob('*.tmp'))
+
+
+def test_changed_config_in_same_out_is_refused(trained):
+    args = list(FIT); args[1] = 3
+    res = run_cli('thera-fit', '--data', trained/'data', '--out', trained/'run', *args, env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 2 and 'holds a run with another config (folds differ)' in res.stderr
+    assert 'Traceback' not in res.stderr
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--data', 'MISSING'], 'MISSING: does not exist'),
+    (['--folds', 1], '--folds must be at least 2'),
+    (['--sample', 10**6], '--sample 1000000 is larger than the 96 labelled images'),
+    (['--out', '/proc/forbidden/run'], 'cannot create the output folder'),
+    (['--arch', 'vgg'], "unknown arch 'vgg'"),
+])
+def test_fit_bad_input_is_one_line_exit_2(tiny_folder, tmp_path, args, needle):
+    full = {'--data': tiny_folder, '--out': tmp_path/'run'}
+    full.update(dict(zip(args[::2], args[1::2])))
+    res = run_cli('thera-fit', *[x for kv in full.items() for x in kv], '--quiet')
+    assert res.returncode == 2, res.stderr
+    assert needle in res.stderr and 'Traceback' not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
+def test_predict_bad_models_and_output(trained, tiny_folder, tmp_path):
+    empty = tmp_path/'empty'; empty.mkdir()
+    res = run_cli('thera-predict', '--models', empty, '--data', tiny_folder, '--out', tmp_path/'l.txt')
+    assert res.returncode == 2 and 'not a thera-fit output folder' in res.stderr
+    res = run_cli('thera-predict', '--models', trained/'run', '--data', tiny_folder, '--out', tmp_path/'no'/'l.txt')
+    assert res.returncode == 2 and 'output folder does not exist' in res.stderr
+    assert not (tmp_path/'l.txt').exists()

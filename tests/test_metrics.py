@@ -1,0 +1,33 @@
+"""HTER and friends follow the seed's convention: class 1 accepted, FAR on class 0, FRR on class 1."""
+import numpy as np
+import torch
+from sklearn.metrics import balanced_accuracy_score
+
+from thera_fastai.metrics import HTER, AUC, best_threshold, error_rates, far, frr, hter
+
+
+def test_far_frr_hter_by_hand():
+    targs = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    probs = np.array([.9, .2, .1, .6, .8, .7, .4, .9, .95, .51])
+    assert far(probs, targs) == 0.5          # 2 of 4 class-0 rows accepted
+    assert frr(probs, targs) == 1 / 6        # 1 of 6 class-1 rows rejected
+    assert hter(probs, targs) == (0.5 + 1 / 6) / 2
+    assert np.isclose(1 - hter(probs, targs), balanced_accuracy_score(targs, probs >= 0.5))
+
+
+def test_best_threshold_minimizes_hter():
+    rng = np.random.default_rng(0)
+    targs = (rng.random(2000) > 0.15).astype(int)
+    probs = np.clip(0.3 * targs + rng.normal(0.5, 0.2, 2000), 0, 1)
+    th = best_threshold(probs, targs)
+    grid = np.linspace(0, 1, 501)
+    assert hter(probs, targs, th) <= min(hter(probs, targs, g) for g in grid) + 1e-12
+    assert error_rates(probs, targs, th)['hter'] < error_rates(probs, targs)['hter']
+
+
+def test_fastai_metrics_take_logits():
+    logits = torch.tensor([[2.], [-1.], [0.5], [-3.]])
+    targs = torch.tensor([1, 0, 0, 1])
+    m = HTER()
+    assert np.isclose(m.func(logits.numpy(), targs.numpy()), (0.5 + 0.5) / 2)
+    assert np.isclose(AUC().func(logits.numpy(), targs.numpy()), 0.5)

@@ -1,0 +1,107 @@
+"""Decoding JPEGs once, in parallel, into a memory-mapped uint8 array that later runs reuse."""
+import hashlib, json, os, warnings, zipfile, zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import simplejpeg
+
+from .errors import TheraError
+
+__all__ = ['IMAGE_SIZE', 'default_cache_dir', 'decode_jpeg', 'cached_images', 'source_key', 'atomic_write']
+
+IMAGE_SIZE = 64
+CACHE_VERSION = 1
+
+
+def default_cache_dir():
+    "Where caches live unless `--cache` says otherwise: $THERA_CACHE or ~/.cache/thera_fastai."
+    return Path(os.environ.get('THERA_CACHE', Path.home()/'.cache'/'thera_fastai'))
+
+
+def atomic_write(path, write):
+    "Calls `write(tmp_path)` then renames tmp onto `path`, so a killed run never leaves a half file."
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+
+
+def decode_jpeg(data, where, size=IMAGE_SIZE):
+    "Decodes one JPEG to a (size, size, 3) uint8 array; grayscale/CMYK are converted, other sizes refused."
+    try: h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError as e: raise TheraError(f"corrupt or not a JPEG ({e})", where) from None
+    if (h, w) != (size, size): raise TheraError(f"image is {w}x{h}, expected {size}x{size}", where)
+    try: img = simplejpeg.decode_jpeg(data, colorspace='RGB')
+    except ValueError as e: raise TheraError(f"corrupt JPEG ({e})", where) from None
+    if colorspace not in ('YCbCr', 'RGB'): warnings.warn(f"{where}: {colorspace} JPEG converted to RGB")
+    return img
+
+
+def _decode_chunk(source, names, out, start):
+    for i, name in enumerate(names):
+        try: data = source.read(name)
+        except (zipfile.BadZipFile, OSError, zlib.error) as e: raise TheraError(f"cannot read ({e})", source.display(name)) from None
+        out[start + i] = decode_jpeg(data, source.display(name))
+    return len(names)
+
+
+def _decode_all(source, out, n_threads, progress):
+    "Decodes `source` into `out` with `n_threads` threads (simplejpeg releases the GIL)."
+    chunk = 2048
+    starts = range(0, len(source), chunk)
+    with ThreadPoolExecutor(n_threads) as ex:
+        futs = [ex.submit(_decode_chunk, source, source.names[s:s + chunk], out, s) for s in starts]
+        for f in (progress(futs) if progress else futs): f.result()
+
+
+def source_key(source):
+    "A short hash of the source's identity and content fingerprint: the cache's name."
+    h = hashlib.sha1(json.dumps([CACHE_VERSION, source.prefix, source.fingerprint()]).encode())
+    return h.hexdigest()[:16]
+
+
+def _checksum(arr): return zlib.crc32(np.ascontiguousarray(arr))
+
+
+def _load_valid(npy, meta_path, key, n):
+    "The cached array if its metadata matches `key` and its bytes match the stored checksum, else None."
+    if not (npy.exists() and meta_path.exists()): return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        arr = np.load(npy, mmap_mode='r')
+    except (ValueError, OSError, json.JSONDecodeError): return None
+    if meta.get('key') != key or arr.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3): return None
+    if _checksum(arr) != meta.get('crc32'):
+        warnings.warn(f"{npy}: cache is corrupt (checksum differs); decoding again")
+        return None
+    return arr
+
+
+def cached_images(source, cache_dir=None, n_threads=None, progress=None):
+    """The source's images as a read-only memory-mapped (N, 64, 64, 3) uint8 array.
+
+    Decoded once into `cache_dir`; reused while the source's names and CRCs (zip) or sizes and
+    mtimes (folder) are unchanged and the array's checksum holds."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = source_key(source)
+    npy, meta_path = cache_dir/f"images-{key}.npy", cache_dir/f"images-{key}.json"
+    arr = _load_valid(npy, meta_path, key, len(source))
+    if arr is not None: return arr
+
+    def write(tmp):
+        out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(source), IMAGE_SIZE, IMAGE_SIZE, 3))
+        _decode_all(source, out, n_threads or os.cpu_count() or 1, progress)
+        out.flush()
+        crc = _checksum(out)
+        del out
+        meta = dict(key=key, source=source.display(), n=len(source), crc32=crc, version=CACHE_VERSION)
+        atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta)))
+    # The meta file is written inside, before the array lands: a stale meta never vouches for a new array
+    # because the array is checked against its checksum on every load.
+    atomic_write(npy, write)
+    return np.load(npy, mmap_mode='r')

@@ -1,0 +1,148 @@
+"""fastai DataBlocks over the uint8 image cache: stratified folds, batch augmentation, a weighted DataLoader."""
+from functools import partial
+
+import numpy as np
+import torch
+from fastai.callback.data import WeightedDL
+from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
+from fastai.data.core import Datasets, TfmdDL
+from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
+from fastai.torch_core import TensorCategory, TensorImage
+from fastai.vision.augment import AffineCoordTfm, _draw_mask, affine_mat, aug_transforms
+from fasttransform import Transform
+from sklearn.model_selection import StratifiedKFold
+
+from .errors import TheraError
+
+__all__ = ['CachedImages', 'RowLabels', 'CacheDL', 'RandomShift', 'fold_splits', 'class_weights', 'image_stats',
+           'batch_augmentations', 'thera_datablock', 'fold_dataloaders', 'images_dl']
+
+
+class CachedImages(Transform):
+    "Row index -> `TensorImage` (C, H, W) uint8 from an (N, H, W, C) array; pickles as its file path only."
+    def __init__(self, images):
+        self.images, self.path = images, getattr(images, 'filename', None)
+
+    def encodes(self, row): return TensorImage(torch.from_numpy(np.array(self.images[row])).permute(2, 0, 1))
+
+    def gather(self, rows):
+        "A whole batch at once: (B, C, H, W) uint8, laid out channels-last like the cache, without a copy per item."
+        return TensorImage(torch.from_numpy(self.images[np.asarray(rows)]).permute(0, 3, 1, 2))
+
+    def __getstate__(self):
+        # An exported learner must not carry the images: the cache is reopened from its path, if any.
+        state = {k: v for k, v in self.__dict__.items() if k != 'images'}
+        state['images'] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.images is None and self.path is not None:
+            try: self.images = np.load(self.path, mmap_mode='r')
+            except OSError: pass
+
+
+class RowLabels(Transform):
+    "Row index -> its 0/1 label; the labels are not pickled with an exported learner."
+    def __init__(self, labels): self.labels = labels
+    def encodes(self, row): return int(self.labels[row])
+    def __getstate__(self): return {k: (None if k == 'labels' else v) for k, v in self.__dict__.items()}
+
+
+def _find_tfm(pipeline, cls):
+    return next((f for f in pipeline.fs if isinstance(f, cls)), None)
+
+
+class CacheDL(WeightedDL):
+    """`WeightedDL` that gathers each batch with one fancy index into the cache instead of item by item.
+
+    Yields exactly what the per-item path yields (same rows, same uint8 values, `TensorImage` and
+    `TensorCategory`), so fastai's batch transforms, `Learner`, `get_preds` and `tta` work unchanged."""
+    def create_batches(self, samps):
+        items = np.asarray(self.dataset.items if hasattr(self.dataset, 'items') else self.dataset.tls[0].items)
+        get_x = _find_tfm(self.dataset.tls[0].tfms, CachedImages)
+        get_y = _find_tfm(self.dataset.tls[1].tfms, RowLabels) if len(self.dataset.tls) > 1 else None
+        if get_x is None: yield from super().create_batches(samps); return
+        samps = np.fromiter(samps, dtype=np.int64)
+        stop = len(samps) - len(samps) % self.bs if self.drop_last else len(samps)
+        for start in range(0, stop, self.bs):
+            rows = items[samps[start:start + self.bs]]
+            x = get_x.gather(rows)
+            yield (x,) if get_y is None else (x, TensorCategory(torch.from_numpy(get_y.labels[rows].astype(np.int64))))
+
+
+def fold_splits(labels, n_folds, seed=42):
+    "Stratified K-fold (train_idx, valid_idx) pairs, fixed by `seed`."
+    labels = np.asarray(labels)
+    if n_folds < 2: raise TheraError(f"--folds must be at least 2 (got {n_folds})")
+    smallest = np.bincount(labels, minlength=2).min()
+    if n_folds > smallest:
+        raise TheraError(f"--folds {n_folds} is more than the {smallest} images of the rarer class: each fold needs one")
+    skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
+    return list(skf.split(np.zeros(len(labels)), labels))
+
+
+def class_weights(labels):
+    "Per-row sampling weights, inversely proportional to the row's class frequency: classes come out balanced."
+    labels = np.asarray(labels)
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    return (1.0 / counts)[labels]
+
+
+def image_stats(images, rows=None, n=5000, seed=0):
+    "Per-channel mean and std (0-1 scale) over up to `n` rows of the cache."
+    rows = np.arange(len(images)) if rows is None else np.asarray(rows)
+    if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
+    x = images[rows].reshape(-1, images.shape[-1]).astype(np.float64) / 255
+    return x.mean(0).tolist(), x.std(0).tolist()
+
+
+def shift_mat(x, max_shift=0.0625, p=0.75):
+    "Random translation matrices, up to `max_shift` of the half-width (0.0625 = 2 px at 64 px), applied with probability `p`."
+    def draw(x): return x.new_empty(x.size(0)).uniform_(-max_shift, max_shift)
+    tx, ty = (_draw_mask(x, draw, p=p) * 2 for _ in range(2))
+    one, zero = torch.ones_like(tx), torch.zeros_like(tx)
+    return affine_mat(one, zero, tx, zero, one, ty)
+
+
+class RandomShift(AffineCoordTfm):
+    "Shifts each image by up to `max_px` pixels in x and y; fuses with fastai's Flip and Rotate into one resample."
+    def __init__(self, max_px=2, size=64, p=0.75, **kwargs):
+        super().__init__(aff_fs=partial(shift_mat, max_shift=max_px / size, p=p), **kwargs)
+
+
+def batch_augmentations(flip=True, max_rotate=5.0, max_shift_px=2, size=64):
+    "The light affine augmentation of the spec: rotation up to 5 degrees, small shifts, optional flip; all on the batch."
+    xtra = [RandomShift(max_shift_px, size)] if max_shift_px else []
+    return aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.0, max_warp=0, max_lighting=0,
+                          xtra_tfms=xtra)
+
+
+def thera_datablock(images, labels, valid_idx, stats, flip=True, max_rotate=5.0, max_shift_px=2):
+    "A `DataBlock` over cache rows: uint8 `TensorImage` in, 0/1 category out, augmentation and normalization on batches."
+    aug = batch_augmentations(flip, max_rotate, max_shift_px, images.shape[1]) if (flip or max_rotate or max_shift_px) else []
+    return DataBlock(blocks=(TransformBlock(batch_tfms=IntToFloatTensor), CategoryBlock(vocab=[0, 1])),
+                     get_x=CachedImages(images), get_y=RowLabels(labels), splitter=IndexSplitter(valid_idx),
+                     batch_tfms=[*aug, Normalize.from_stats(*stats, cuda=False)])
+
+
+def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True, stats=None, fast=True, **aug):
+    """Train/valid `DataLoaders` for one fold over `train_idx + valid_idx` rows.
+
+    `weighted` samples the training rows with inverse class frequency (with replacement, one
+    epoch = the train size); `fast` gathers batches from the cache (`CacheDL`), else fastai's
+    per-item path (`WeightedDL`), which yields the same batches."""
+    rows = np.concatenate([train_idx, valid_idx])
+    stats = stats or image_stats(images, train_idx)
+    dblock = thera_datablock(images, labels, np.arange(len(train_idx), len(rows)), stats, **aug)
+    wgts = class_weights(np.asarray(labels)[train_idx]) if weighted else None
+    return dblock.dataloaders(rows, bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
+                              num_workers=0)
+
+
+def images_dl(dls, images, bs=None):
+    "A labelless DataLoader over another cache (`images`) with `dls`' transforms, for `get_preds` and `tta`."
+    valid_ds = dls.valid_ds
+    x_tfms = [CachedImages(images) if isinstance(f, CachedImages) else f for f in valid_ds.tls[0].tfms.fs]
+    ds = Datasets(np.arange(len(images)), tfms=[x_tfms], split_idx=1, n_inp=1)
+    return dls.valid.new(ds, bs=bs or dls.valid.bs, shuffle=False, drop_last=False)

@@ -1,0 +1,49 @@
+"""A first look at the exercise: counts, class balance, sizes, pixel statistics and a grid of samples."""
+import numpy as np
+
+from .cache import atomic_write, cached_images
+from .source import open_dataset
+
+__all__ = ['dataset_table', 'sample_grid', 'explore_dataset']
+
+CLASS_NAMES = {0: 'class 0: occluded (hat, cap, glasses...)', 1: 'class 1: clean face'}
+
+
+def dataset_table(ds, images):
+    "A plain-text table of counts, class balance, image size and per-channel pixel statistics."
+    counts = np.bincount(ds.labels, minlength=2)
+    x = images[:: max(1, len(images) // 5000)].reshape(-1, 3) / 255
+    rows = [('train images', f"{len(ds.train)}"), ('val images', f"{len(ds.val) if ds.val else 0}"),
+            ('class 0 (occluded)', f"{counts[0]} ({counts[0] / counts.sum():.1%})"),
+            ('class 1 (clean)', f"{counts[1]} ({counts[1] / counts.sum():.1%})"),
+            ('image size', f"{images.shape[2]}x{images.shape[1]} {images.shape[3]} channels, all checked at decode"),
+            ('pixel mean R,G,B', ', '.join(f"{v:.3f}" for v in x.mean(0))),
+            ('pixel std R,G,B', ', '.join(f"{v:.3f}" for v in x.std(0)))]
+    width = max(len(k) for k, _ in rows)
+    return '\n'.join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def sample_grid(images, labels, path, n=8, seed=0, title=None):
+    "Saves a PNG with one row of `n` random images per class, labelled."
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2), squeeze=False)
+    for c in (0, 1):
+        rows = np.flatnonzero(labels == c)
+        for j, r in enumerate(np.sort(rng.choice(rows, min(n, len(rows)), replace=False))):
+            axes[c, j].imshow(images[r]); axes[c, j].set_title(f"#{r + 1}", fontsize=7)
+        for ax in axes[c]: ax.set_xticks([]); ax.set_yticks([])
+        axes[c, 0].set_ylabel(CLASS_NAMES[c].split(':')[0], fontsize=9)
+    fig.suptitle(title or "Random training images per class (row 0: occluded, row 1: clean)", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110))
+    plt.close(fig)
+
+
+def explore_dataset(data, out, n=8, cache=None, seed=0):
+    "Opens and checks the dataset, decodes it, writes the sample grid to `out`; returns the table."
+    ds = open_dataset(data)
+    images = cached_images(ds.train, cache)
+    sample_grid(images, ds.labels, out, n, seed)
+    return dataset_table(ds, images) + f"\nsample grid: {out}"

@@ -1,0 +1,106 @@
+"""HTER and its parts, as plain functions over probabilities and as fastai metrics over one-logit outputs.
+
+Convention (the seed's): class 1, a clean face, is "accepted"; class 0, an occluded face, is the
+impostor. FAR = share of class-0 images predicted 1; FRR = share of class-1 images predicted 0;
+HTER = (FAR + FRR) / 2 = 1 - balanced accuracy."""
+import numpy as np
+from fastai.metrics import AccumMetric
+from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
+
+__all__ = ['far', 'frr', 'hter', 'error_rates', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
+           'thera_metrics', 'LOWER_IS_BETTER']
+
+
+def _as_np(probs, targs):
+    return np.asarray(probs, dtype=np.float64).reshape(-1), np.asarray(targs).reshape(-1).astype(np.int64)
+
+
+def far(probs, targs, thresh=0.5):
+    "False accept rate: share of class-0 rows whose probability of class 1 is >= `thresh`."
+    p, t = _as_np(probs, targs)
+    neg = t == 0
+    return float((p[neg] >= thresh).mean()) if neg.any() else float('nan')
+
+
+def frr(probs, targs, thresh=0.5):
+    "False reject rate: share of class-1 rows whose probability of class 1 is < `thresh`."
+    p, t = _as_np(probs, targs)
+    pos = t == 1
+    return float((p[pos] < thresh).mean()) if pos.any() else float('nan')
+
+
+def hter(probs, targs, thresh=0.5):
+    "Half total error rate, (FAR + FRR) / 2, which equals 1 - balanced accuracy."
+    return (far(probs, targs, thresh) + frr(probs, targs, thresh)) / 2
+
+
+def error_rates(probs, targs, thresh=0.5):
+    "HTER, FAR, FRR, balanced accuracy and AUC of `probs` (of class 1) against 0/1 `targs`, as a dict."
+    return dict(hter=hter(probs, targs, thresh), far=far(probs, targs, thresh), frr=frr(probs, targs, thresh),
+                balanced_acc=balanced_acc(probs, targs, thresh), auc=auc(probs, targs), threshold=float(thresh))
+
+
+def best_threshold(probs, targs):
+    "The threshold on P(class 1) that minimizes HTER over these rows (pick it on out-of-fold rows only)."
+    p, t = _as_np(probs, targs)
+    fpr, tpr, thresholds = roc_curve(t, p)
+    # roc_curve's FPR is FAR and 1 - TPR is FRR at "predict 1 when p >= threshold".
+    i = int(np.argmin(fpr + (1 - tpr)))
+    return float(min(thresholds[i], 1.0))
+
+
+def _prob(logits): return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64).reshape(-1)))
+
+
+def balanced_acc(probs, targs, thresh=0.5):
+    "Balanced accuracy of predicting 1 when P(class 1) >= `thresh`: 1 - HTER."
+    p, t = _as_np(probs, targs)
+    return float(balanced_accuracy_score(t, p >= thresh))
+
+
+def auc(probs, targs):
+    "ROC AUC of P(class 1); NaN when only one class is present."
+    p, t = _as_np(probs, targs)
+    return float(roc_auc_score(t, p)) if len(np.unique(t)) == 2 else float('nan')
+
+
+class _OnLogits:
+    "Calls `f(P(class 1), targs, **kwargs)` on one-logit model outputs; a class so exported learners pickle it by name."
+    def __init__(self, func, **kwargs): self.func, self.kwargs = func, kwargs
+    def __call__(self, preds, targs): return self.func(_prob(preds), targs, **self.kwargs)
+
+
+def _metric(f, name, **kwargs): return AccumMetric(_OnLogits(f, **kwargs), to_np=True, flatten=True, name=name)
+
+
+def HTER(thresh=0.5):
+    "HTER at `thresh` as a fastai metric over one-logit outputs (lower is better)."
+    return _metric(hter, 'hter', thresh=thresh)
+
+
+def FAR(thresh=0.5):
+    "FAR (class 0 accepted) as a fastai metric (lower is better)."
+    return _metric(far, 'far', thresh=thresh)
+
+
+def FRR(thresh=0.5):
+    "FRR (class 1 rejected) as a fastai metric (lower is better)."
+    return _metric(frr, 'frr', thresh=thresh)
+
+
+def BalancedAcc(thresh=0.5):
+    "Balanced accuracy = 1 - HTER as a fastai metric."
+    return _metric(balanced_acc, 'balanced_acc', thresh=thresh)
+
+
+def AUC():
+    "ROC AUC of P(class 1) as a fastai metric."
+    return _metric(auc, 'auc')
+
+
+LOWER_IS_BETTER = ('hter', 'far', 'frr')
+
+
+def thera_metrics():
+    "The metrics every fit reports, in order."
+    return [HTER(), FAR(), FRR(), BalancedAcc(), AUC()]

@@ -1,0 +1,179 @@
+"""Learners, one fold's fit, and the stratified K-fold cross-validation that resumes where it stopped."""
+import hashlib, json, platform, re, time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.core import Callback
+from fastai.callback.progress import CSVLogger
+from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle and lr_find)
+from fastai.learner import Learner, load_model, save_model
+from fastai.losses import BCEWithLogitsLossFlat
+from fastai.torch_core import set_seed
+from sklearn.model_selection import train_test_split
+
+from . import __version__
+from .cache import atomic_write
+from .data import fold_dataloaders, image_stats
+from .errors import TheraError
+from .inference import predict_probs
+from .metrics import best_threshold, error_rates, thera_metrics
+from .models import create_model
+
+__all__ = ['FitConfig', 'RECIPES', 'thera_learner', 'sample_rows', 'data_key', 'train_fold', 'fold_done',
+           'AtomicCheckpoint', 'library_versions']
+
+# Defaults measured on this data (see README, "Recipe"): fit_one_cycle at these peak learning rates.
+RECIPES = {'simple': dict(lr=3e-3, bs=128), 'resnet18': dict(lr=2e-3, bs=128)}
+
+
+@dataclass
+class FitConfig:
+    "Everything that decides what a fit computes; saved next to its models and compared on resume."
+    arch: str = 'simple'
+    folds: int = 5
+    epochs: int = 1
+    bs: int = None
+    lr: float = None
+    wd: float = 0.01
+    seed: int = 42
+    weighted: bool = True
+    flip: bool = True
+    max_rotate: float = 5.0
+    max_shift_px: int = 2
+    tta: int = 4
+    sample: int = None
+    widths: list = None
+    stem: str = 'nopool'
+    pretrained: bool = False
+    weights: str = None
+    channels_last: bool = True
+    image_size: list = field(default_factory=lambda: [64, 64, 3])
+
+    def __post_init__(self):
+        recipe = RECIPES.get(self.arch)
+        if recipe is None: raise TheraError(f"unknown arch {self.arch!r}: use simple or resnet18")
+        if self.bs is None: self.bs = recipe['bs']
+        if self.lr is None: self.lr = recipe['lr']
+        if self.epochs < 1: raise TheraError(f"--epochs must be at least 1 (got {self.epochs})")
+
+    def model_kwargs(self):
+        "Keyword arguments of `create_model` for this config."
+        if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
+        return dict(stem=self.stem, pretrained=self.pretrained, weights=self.weights)
+
+    def aug_kwargs(self): return dict(flip=self.flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)
+    def to_dict(self): return asdict(self)
+
+
+def library_versions():
+    "Versions that decide what a run computes, saved with its config."
+    import fastai, sklearn, timm
+    return dict(thera_fastai=__version__, torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
+                numpy=np.__version__, sklearn=sklearn.__version__, python=platform.python_version())
+
+
+def thera_learner(dls, cfg, path='.'):
+    "A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics and channels-last on the CPU."
+    model = create_model(cfg.arch, **cfg.model_kwargs())
+    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), metrics=thera_metrics(), wd=cfg.wd,
+                    path=path, model_dir='.')
+    if cfg.channels_last: learn.add_cb(ChannelsLast())
+    return learn
+
+
+def sample_rows(labels, n, seed):
+    "A stratified subset of `n` rows (all rows when `n` is None), sorted."
+    rows = np.arange(len(labels))
+    if n is None: return rows
+    if n > len(labels): raise TheraError(f"--sample {n} is larger than the {len(labels)} labelled images")
+    if n < 4: raise TheraError(f"--sample {n} is too small to split into folds")
+    sub, _ = train_test_split(rows, train_size=n, stratify=labels, random_state=seed)
+    return np.sort(sub)
+
+
+def data_key(images_key, labels, rows):
+    "A hash of the training data a fit saw: the cache key, the labels and the rows used."
+    h = hashlib.sha1(images_key.encode())
+    h.update(np.ascontiguousarray(labels, dtype=np.int8).tobytes())
+    h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class AtomicCheckpoint(Callback):
+    "Saves model and optimizer after every epoch as `ckpt-e{epoch}.pth`, atomically, keeping only the newest."
+    order = 70
+    def __init__(self, folder): self.folder = Path(folder)
+
+    def after_epoch(self):
+        path = self.folder/f"ckpt-e{self.epoch}.pth"
+        atomic_write(path, lambda tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True))
+        for old in self.folder.glob('ckpt-e*.pth'):
+            if old != path: old.unlink()
+
+
+def _resume_checkpoint(learn, folder):
+    "Loads the newest readable checkpoint in `folder`; returns the epoch to start from (0 when none)."
+    ckpts = sorted(folder.glob('ckpt-e*.pth'), key=lambda p: int(re.findall(r'\d+', p.stem)[-1]), reverse=True)
+    for ckpt in ckpts:
+        try:
+            learn.create_opt()
+            load_model(ckpt, learn.model, learn.opt, with_opt=True, device='cpu')
+            return int(re.findall(r'\d+', ckpt.stem)[-1]) + 1
+        except Exception:
+            ckpt.unlink()  # a checkpoint that does not load is not trusted: fall back to an older one or a restart
+    return 0
+
+
+def _file_hash(path): return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def fold_done(fold_dir, run_id):
+    "The fold's saved result if it finished under the same `run_id` and its files are intact, else None."
+    done = Path(fold_dir)/'done.json'
+    if not done.exists(): return None
+    try: res = json.loads(done.read_text())
+    except json.JSONDecodeError: return None
+    if res.get('run_id') != run_id: return None
+    files = res.get('files', {})
+    ok = all((Path(fold_dir)/n).exists() and _file_hash(Path(fold_dir)/n) == h for n, h in files.items())
+    return res if ok and files else None
+
+
+def _write_oof(path, rows, targs, probs, probs_tta):
+    lines = ['row,label,prob,prob_tta'] + [f"{r},{t},{p:.6f},{q:.6f}" for r, t, p, q in zip(rows, targs, probs, probs_tta)]
+    atomic_write(path, lambda tmp: tmp.write_text('\n'.join(lines) + '\n'))
+
+
+def train_fold(images, labels, train_idx, valid_idx, cfg, fold_dir, run_id, fold=0, quiet=False):
+    """Fits one fold (resuming from its newest checkpoint), exports it, writes its out-of-fold predictions.
+
+    Returns the fold's result dict, also saved as `done.json` once everything else is on disk."""
+    fold_dir = Path(fold_dir)
+    fold_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed + fold, reproducible=True)
+    dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.weighted,
+                           stats=image_stats(images, train_idx), **cfg.aug_kwargs())
+    learn = thera_learner(dls, cfg, fold_dir)
+    start = _resume_checkpoint(learn, fold_dir)
+    cbs = [CSVLogger(fold_dir/'history.csv', append=start > 0), AtomicCheckpoint(fold_dir)]
+    t0 = time.time()
+    with (learn.no_bar() if quiet else nullcontext()):
+        if start < cfg.epochs: learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
+    fit_s = time.time() - t0
+    targs = np.asarray(labels)[valid_idx]
+    probs = predict_probs(learn, dls.valid)
+    probs_tta = predict_probs(learn, dls.valid, cfg.tta) if cfg.tta else probs
+    _write_oof(fold_dir/'oof.csv', valid_idx, targs, probs, probs_tta)
+    atomic_write(fold_dir/'model.pkl', lambda tmp: learn.export(tmp))
+    thresh = best_threshold(probs_tta, targs)
+    res = dict(run_id=run_id, fit_seconds=fit_s, images_seen=int(len(train_idx) * (cfg.epochs - start)),
+               resumed_from_epoch=start, threshold=thresh, at_05=error_rates(probs_tta, targs),
+               at_05_plain=error_rates(probs, targs), n_train=len(train_idx), n_valid=len(valid_idx),
+               files={n: _file_hash(fold_dir/n) for n in ('model.pkl', 'oof.csv', 'history.csv')})
+    atomic_write(fold_dir/'done.json', lambda tmp: tmp.write_text(json.dumps(res, indent=1)))
+    for ckpt in fold_dir.glob('ckpt-e*.pth'): ckpt.unlink()
+    return res
