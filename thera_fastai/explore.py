@@ -4,7 +4,7 @@ import numpy as np
 from .cache import atomic_write, cached_images
 from .source import open_dataset
 
-__all__ = ['dataset_table', 'sample_grid', 'explore_dataset']
+__all__ = ['dataset_table', 'sample_grid', 'explore_dataset', 'label_conflicts']
 
 CLASS_NAMES = {0: 'class 0: occluded (hat, cap, glasses...)', 1: 'class 1: clean face'}
 
@@ -47,3 +47,12 @@ def explore_dataset(data, out, n=8, cache=None, seed=0):
     images = cached_images(ds.train, cache)
     sample_grid(images, ds.labels, out, n, seed)
     return dataset_table(ds, images) + f"\nsample grid: {out}"
+
+
+def label_conflicts(images, labels):
+    "Groups of byte-identical images, as (rows, labels) pairs, whose labels disagree: suspects of label noise."
+    import hashlib
+    groups = {}
+    for i in range(len(images)): groups.setdefault(hashlib.blake2b(images[i].tobytes(), digest_size=12).digest(), []).append(i)
+    dups = [rows for rows in groups.values() if len(rows) > 1]
+    return [(rows, [int(labels[r]) for r in rows]) for rows in dups if len({int(labels[r]) for r in rows}) > 1], len(dups)

@@ -2,6 +2,7 @@
 import hashlib, json, platform, re, time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -88,7 +89,7 @@ def thera_learner(dls, cfg, path='.'):
 def sample_rows(labels, n, seed):
     "A stratified subset of `n` rows (all rows when `n` is None), sorted."
     rows = np.arange(len(labels))
-    if n is None: return rows
+    if n is None or n == len(labels): return rows
     if n > len(labels): raise TheraError(f"--sample {n} is larger than the {len(labels)} labelled images")
     if n < 4: raise TheraError(f"--sample {n} is too small to split into folds")
     sub, _ = train_test_split(rows, train_size=n, stratify=labels, random_state=seed)
@@ -128,6 +129,12 @@ def _resume_checkpoint(learn, folder):
     return 0
 
 
+def _log_epoch(recorder, fold, values):
+    "One readable line per epoch for --quiet runs (fastai's default logger prints a raw list)."
+    print(f"fold {fold} " + ', '.join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
+                                      for n, v in zip(recorder.metric_names, values)), flush=True)
+
+
 def _file_hash(path): return hashlib.sha1(Path(path).read_bytes()).hexdigest()[:16]
 
 
@@ -160,6 +167,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg, fold_dir, run_id, fold
     learn = thera_learner(dls, cfg, fold_dir)
     start = _resume_checkpoint(learn, fold_dir)
     cbs = [CSVLogger(fold_dir/'history.csv', append=start > 0), AtomicCheckpoint(fold_dir)]
+    if quiet: learn.logger = partial(_log_epoch, learn.recorder, fold)
     t0 = time.time()
     with (learn.no_bar() if quiet else nullcontext()):
         if start < cfg.epochs: learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)

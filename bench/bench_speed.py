@@ -1,0 +1,114 @@
+"""Speed bench: ingest, bare training step, end-to-end fit, prediction; images/s, % of matmul rate, peak RSS.
+
+Run:  .venv/bin/python bench/bench_speed.py --data ../shared/data/ml_exercise_therapanacea.zip
+Prints one Markdown table (paste it into the README with the machine it ran on)."""
+import argparse, copy, os, resource, tempfile, time, warnings
+
+import numpy as np
+import torch
+
+warnings.filterwarnings('ignore')
+from fastai.torch_core import set_seed  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from thera_fastai.cache import cached_images  # noqa: E402
+from thera_fastai.data import fold_dataloaders, fold_splits, images_dl  # noqa: E402
+from thera_fastai.inference import predict_probs  # noqa: E402
+from thera_fastai.source import open_dataset  # noqa: E402
+from thera_fastai.training import FitConfig, thera_learner  # noqa: E402
+
+
+def matmul_gflops(n=2048, reps=10):
+    "Measured fp32 matmul rate of this machine, GFLOP/s."
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps): a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+def train_flops(model, size=64):
+    "FLOPs of one training step (forward + backward) per image."
+    x = torch.randn(8, 3, size, size)
+    with FlopCounterMode(display=False) as fc: model(x).sum().backward()
+    model.zero_grad()
+    return fc.get_total_flops() / 8
+
+
+def bare_step(model, bs, channels_last, seconds=20):
+    "Training steps per second on one preloaded batch: the model's own ceiling, images/s."
+    model = copy.deepcopy(model).train()
+    x, y = torch.randn(bs, 3, 64, 64), torch.randint(0, 2, (bs,)).float()
+    if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    opt, lossf = torch.optim.Adam(model.parameters(), 1e-3), torch.nn.BCEWithLogitsLoss()
+    def step(): opt.zero_grad(); lossf(model(x).view(-1), y).backward(); opt.step()
+    step(); step()
+    n, t = 0, time.perf_counter()
+    while time.perf_counter() - t < seconds: step(); n += bs
+    return n / (time.perf_counter() - t)
+
+
+def end_to_end(images, labels, cfg, n_train):
+    "Images/s of `fit_one_cycle` on `n_train` rows: weighted sampling, batch augmentation, optimizer step, all in."
+    tr, va = fold_splits(labels, 5, cfg.seed)[0]
+    set_seed(0)
+    dls = fold_dataloaders(images, labels, tr[:n_train], va[:cfg.bs], bs=cfg.bs)
+    learn = thera_learner(dls, cfg, tempfile.mkdtemp())
+    learn.metrics = []
+    with learn.no_bar(), learn.no_logging():
+        t = time.perf_counter(); learn.fit_one_cycle(1, cfg.lr); total = time.perf_counter() - t
+    return n_train / total, learn
+
+
+def predict_rate(learn, images, tta):
+    "Images/s of one fold model predicting with `tta` augmented passes plus a plain one (each image counted once)."
+    dl = images_dl(learn.dls, images, bs=512)
+    predict_probs(learn, images_dl(learn.dls, images[:512], bs=512), tta)  # compile warm-up, shared by later models
+    t = time.perf_counter(); predict_probs(learn, dl, tta)
+    return len(images) / (time.perf_counter() - t)
+
+
+def ingest(data):
+    "Seconds to decode train + val into a fresh cache, and to reopen them from it."
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time.perf_counter()
+        ds = open_dataset(data, need_val=True)
+        cached_images(ds.train, tmp), cached_images(ds.val, tmp)
+        first = time.perf_counter() - t
+        t = time.perf_counter()
+        ds = open_dataset(data, need_val=True)
+        cached_images(ds.train, tmp), cached_images(ds.val, tmp)
+        return first, time.perf_counter() - t, len(ds.train) + len(ds.val)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument('--data', required=True)
+    p.add_argument('--archs', default='simple,resnet18:nopool,resnet18:default')
+    p.add_argument('--n-train', type=int, default=6144, help='rows per end-to-end fit')
+    p.add_argument('--n-predict', type=int, default=4096)
+    p.add_argument('--tta', type=int, default=4)
+    p.add_argument('--seconds', type=float, default=20, help='per bare-step measurement')
+    a = p.parse_args()
+    first, again, n = ingest(a.data)
+    print(f"ingest: {n} JPEGs decoded into the cache in {first:.1f} s ({n / first:,.0f}/s); reopened in {again:.2f} s")
+    gflops = matmul_gflops()
+    print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    ds = open_dataset(a.data, need_val=True)
+    images, val = cached_images(ds.train), cached_images(ds.val)
+    print("| arch | train GFLOP/img | bare step img/s (NCHW) | bare step img/s (channels-last) | %% of matmul | end-to-end fit img/s | %% of bare | predict img/s (TTA %d) | 5 folds x 20k predict |" % a.tta)
+    print("|---|---|---|---|---|---|---|---|---|")
+    for spec in a.archs.split(','):
+        arch, _, stem = spec.partition(':')
+        cfg = FitConfig(arch=arch, stem=stem or 'nopool')
+        rate, learn = end_to_end(images, ds.labels, cfg, a.n_train)
+        model = learn.model.to(memory_format=torch.contiguous_format)
+        flops = train_flops(copy.deepcopy(model))
+        nchw, cl = bare_step(model, cfg.bs, False, a.seconds), bare_step(model, cfg.bs, True, a.seconds)
+        pred = predict_rate(learn, val[:a.n_predict], a.tta)
+        print(f"| {spec} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops:.0f}% | "
+              f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
+    print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == '__main__': main()
