@@ -32,6 +32,8 @@ def test_fit_writes_learners_oof_and_report(trained):
     assert '| pooled |' in (run/'report.md').read_text()
     assert (run/'fold0'/'model.pkl').stat().st_size < 5e6   # exported without the images
     assert len((run/'fold0'/'history.csv').read_text().splitlines()) == 4
+    for png in ('history.png', 'roc.png', 'confusion.png'):
+        assert (run/png).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and f"]({png})" in (run/'report.md').read_text()
 
 
 def test_predict_writes_labels_in_file_name_order(trained, tmp_path):
@@ -85,6 +87,22 @@ def test_sigkill_mid_fold_then_resume(tmp_path):
     assert 'fold 0/2: already finished, skipped' in res.stdout
     assert json.loads((tmp_path/'run'/'fold1'/'done.json').read_text())['resumed_from_epoch'] >= 1
     assert not list(tmp_path.rglob('*.tmp'))
+
+
+def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
+    write_dataset(tmp_path/'data', n_train=400, n_val=8)
+    exe = Path(sys.executable).parent/'thera-fit'
+    args = ['--data', tmp_path/'data', '--out', tmp_path/'run', '--folds', 2, '--epochs', 6, '--bs', 16, '--tta', 0, '--quiet']
+    proc = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache')})
+    deadline = time.time() + 300
+    while not list((tmp_path/'run'/'fold1').glob('ckpt-e*.pth')) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert 'interrupted: fold(s) 0 finished; fold 1 stopped after epoch' in err and 'Rerun the same command' in err
+    assert 'Traceback' not in err
 
 
 def test_changed_config_in_same_out_is_refused(trained):

@@ -17,8 +17,9 @@ def _friendly(prog):
     except TheraError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except KeyboardInterrupt:
-        print(f"\n{prog}: interrupted. Finished work is kept; rerun the same command to resume.", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        detail = str(e) or "Finished work is kept; rerun the same command to resume."
+        print(f"\n{prog}: interrupted: {detail}", file=sys.stderr)
         sys.exit(130)
 
 

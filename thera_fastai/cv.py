@@ -9,6 +9,8 @@ from .cache import atomic_write, cached_images, source_key
 from .data import fold_splits
 from .errors import TheraError
 from .metrics import best_threshold, error_rates
+from .plots import write_plots
+from .report import write_reports
 from .source import open_dataset
 from .training import FitConfig, data_key, fold_done, library_versions, sample_rows, train_fold
 
@@ -85,15 +87,24 @@ def cross_validate(data, out, cfg: FitConfig, only_fold=None, cache_dir=None, qu
         res = fold_done(fold_dir, run['run_id'])
         if res is None and (only_fold is None or only_fold == k):
             log(f"fold {k}/{cfg.folds}: training on {len(tr)} images, validating on {len(va)}")
-            res = train_fold(images, labels, rows[tr], rows[va], cfg, fold_dir, run['run_id'], fold=k, quiet=quiet)
+            try: res = train_fold(images, labels, rows[tr], rows[va], cfg, fold_dir, run['run_id'], fold=k, quiet=quiet)
+            except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(results, k, fold_dir)) from None
         elif res is not None: log(f"fold {k}/{cfg.folds}: already finished, skipped")
         if res is not None:
             results[k] = res
             log(f"fold {k}: HTER {res['at_05']['hter']:.4f} at 0.5 (TTA), AUC {res['at_05']['auc']:.4f}")
     summary = _summarize(out, run, results, time.time() - t0)
-    from .report import write_reports
     write_reports(out, summary)
+    if results: write_plots(out, read_oof(out, sorted(results)), summary['pooled']['best_threshold'])
     return summary
+
+
+def _interrupted(results, k, fold_dir):
+    "What finished and how to resume, for a Ctrl-C in the middle of fold `k`."
+    done = f"fold(s) {', '.join(map(str, sorted(results)))} finished" if results else "no fold finished"
+    ckpts = sorted(fold_dir.glob('ckpt-e*.pth'))
+    where = f"fold {k} stopped after epoch {ckpts[-1].stem.split('-e')[-1]} (checkpoint kept)" if ckpts else f"fold {k} stopped in its first epoch"
+    return f"{done}; {where}. Rerun the same command to resume."
 
 
 def _make_out(out):

@@ -30,6 +30,7 @@ def markdown_report(summary):
                   _row('pooled, best threshold (in-sample)', p['at_best_in_sample'], f"threshold {p['best_threshold']:.4f}"),
                   "", f"Decision threshold minimizing pooled out-of-fold HTER: **{p['best_threshold']:.4f}** "
                   f"(its honest estimate is the cross-fitted row)."]
+    lines += ["", "![loss and HTER per epoch](history.png) ![ROC](roc.png) ![confusion matrix](confusion.png)"] if 'pooled' in summary else []
     lines += ["", "## Config", "", "```json", json.dumps(summary['config'], indent=1), "```", "",
               "## Versions", "", ', '.join(f"{k} {v}" for k, v in summary['versions'].items())]
     return '\n'.join(lines) + '\n'

@@ -1,0 +1,100 @@
+"""The PNGs next to a thera-fit run: per-epoch curves, pooled ROC with the chosen threshold, confusion matrix."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import atomic_write
+
+__all__ = ['plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'plot_top_losses']
+
+
+def _plt():
+    import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save(fig, path):
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight'))
+    _plt().close(fig)
+
+
+def plot_history(histories, path):
+    "Training and validation loss, and validation HTER, per epoch for each fold (`histories`: fold -> frame)."
+    plt = _plt()
+    fig, (ax_loss, ax_hter) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k, h in sorted(histories.items()):
+        epochs = h['epoch'] + 1
+        ax_loss.plot(epochs, h['train_loss'], '--', marker='o', label=f"fold {k} train")
+        ax_loss.plot(epochs, h['valid_loss'], '-', marker='o', label=f"fold {k} valid")
+        ax_hter.plot(epochs, h['hter'], marker='o', label=f"fold {k}")
+    ax_loss.set(xlabel='epoch', ylabel='BCE loss', title='Loss per epoch')
+    ax_hter.set(xlabel='epoch', ylabel='validation HTER at 0.5', title='HTER per epoch')
+    from matplotlib.ticker import MaxNLocator
+    for ax in (ax_loss, ax_hter):
+        ax.legend(fontsize=7); ax.grid(alpha=.3); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    fig.tight_layout(w_pad=2)
+    _save(fig, path)
+
+
+def plot_roc(probs, targs, threshold, path):
+    "Pooled out-of-fold ROC as FAR vs 1-FRR, with the chosen threshold marked."
+    from sklearn.metrics import roc_auc_score, roc_curve
+    plt = _plt()
+    fpr, tpr, _ = roc_curve(targs, probs)
+    far, frr = float((probs[targs == 0] >= threshold).mean()), float((probs[targs == 1] < threshold).mean())
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot(fpr, tpr, label=f"ROC, AUC {roc_auc_score(targs, probs):.4f}")
+    ax.plot([far], [1 - frr], 'o', color='C3', label=f"threshold {threshold:.3f}: FAR {far:.3f}, FRR {frr:.3f}")
+    ax.plot([0, 1], [0, 1], ':', color='grey')
+    ax.set(xlabel='FAR (class 0 accepted)', ylabel='1 - FRR (class 1 accepted)', title='Pooled out-of-fold ROC')
+    ax.legend(fontsize=7, loc='lower right'); ax.grid(alpha=.3)
+    _save(fig, path)
+
+
+def plot_confusion(probs, targs, threshold, path):
+    "Confusion matrix of the pooled out-of-fold predictions at `threshold`, counts and row shares."
+    plt = _plt()
+    pred = (probs >= threshold).astype(int)
+    cm = np.array([[((targs == t) & (pred == p)).sum() for p in (0, 1)] for t in (0, 1)])
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.imshow(cm / cm.sum(1, keepdims=True), cmap='Blues', vmin=0, vmax=1)
+    for t in (0, 1):
+        for p in (0, 1):
+            share = cm[t, p] / cm[t].sum()
+            ax.text(p, t, f"{cm[t, p]}\n{share:.1%}", ha='center', va='center', color='white' if share > .5 else 'black')
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=['0 occluded', '1 clean'], yticklabels=['0 occluded', '1 clean'],
+           xlabel='predicted', ylabel='label', title=f"Out-of-fold, threshold {threshold:.3f}")
+    _save(fig, path)
+
+
+def write_plots(out, oof, threshold):
+    "history.png, roc.png and confusion.png under `out` from its folds' histories and pooled `oof` frame."
+    out = Path(out)
+    histories = {k: pd.read_csv(out/f"fold{k}"/'history.csv') for k in sorted(oof['fold'].unique())}
+    plot_history(histories, out/'history.png')
+    p, t = oof['prob_tta'].to_numpy(), oof['label'].to_numpy()
+    plot_roc(p, t, threshold, out/'roc.png')
+    plot_confusion(p, t, threshold, out/'confusion.png')
+
+
+def top_losses(oof, n=16, prob='prob_tta'):
+    "The `n` out-of-fold rows with the highest BCE loss: the confident mistakes, label noise suspects first."
+    p = oof[prob].clip(1e-7, 1 - 1e-7)
+    loss = -(oof['label'] * np.log(p) + (1 - oof['label']) * np.log(1 - p))
+    return oof.assign(loss=loss).nlargest(n, 'loss')
+
+
+def plot_top_losses(images, top, path, cols=8):
+    "A grid of the `top` rows' images titled with label, P(class 1) and loss."
+    plt = _plt()
+    rows = -(-len(top) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.8 * rows), squeeze=False)
+    for ax in axes.ravel(): ax.axis('off')
+    for ax, (_, r) in zip(axes.ravel(), top.iterrows()):
+        ax.imshow(images[int(r['row'])])
+        ax.set_title(f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}", fontsize=7)
+    fig.suptitle('Top out-of-fold losses (y = label, p = P(clean face))', fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
