@@ -55,7 +55,8 @@ def fit(
     bs:int = None, # Batch size (default: the arch's recipe)
     lr:float = None, # Peak learning rate (default: the arch's recipe)
     tta:int = 4, # TTA passes for out-of-fold predictions (0 = none)
-    no_weighted:store_true = False, # Plain shuffling instead of the inverse-frequency weighted DataLoader
+    no_weighted:store_true = False, # Plain shuffling instead of the inverse-frequency weighted DataLoader (= --balance none)
+    balance:str = 'sampler', # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     no_flip:store_true = False, # No horizontal flip in augmentation
     stem:str = 'nopool', # ResNet-18 stem for 64x64: nopool, default or conv3
     pretrained:store_true = False, # Start the ResNet from timm's pretrained weights (needs them locally)
@@ -69,7 +70,7 @@ def fit(
         _quiet_warnings()
         from .cv import cross_validate
         from .training import FitConfig
-        cfg = FitConfig(arch=arch, folds=folds, epochs=epochs, bs=bs, lr=lr, seed=seed, weighted=not no_weighted,
+        cfg = FitConfig(arch=arch, folds=folds, epochs=epochs, bs=bs, lr=lr, seed=seed, balance='none' if no_weighted else balance,
                         flip=not no_flip, tta=tta, sample=sample, stem=stem, pretrained=pretrained or weights is not None,
                         weights=weights)
         summary = cross_validate(data, out, cfg, only_fold=fold, cache_dir=cache, quiet=quiet)

@@ -46,12 +46,12 @@ def cv_summary(oof, prob='prob_tta'):
     estimate of what a threshold chosen this way gives on unseen data."""
     p, t = oof[prob].to_numpy(), oof['label'].to_numpy()
     thresh = best_threshold(p, t)
-    folds = sorted(oof['fold'].unique())
+    # With one fold, its rows are split in two halves by row parity, each scored at the other's threshold.
+    groups = oof['fold'].to_numpy() if oof['fold'].nunique() > 1 else oof['row'].to_numpy() % 2
     cross = np.zeros(len(oof), dtype=bool)
-    for k in folds:
-        mine = (oof['fold'] == k).to_numpy()
-        th = best_threshold(p[~mine], t[~mine]) if len(folds) > 1 else 0.5
-        cross[mine] = p[mine] >= th
+    for g in np.unique(groups):
+        mine = groups == g
+        cross[mine] = p[mine] >= best_threshold(p[~mine], t[~mine])
     return dict(at_05=error_rates(p, t), best_threshold=thresh, at_best_in_sample=error_rates(p, t, thresh),
                 cross_fitted=error_rates(cross.astype(float), t, 0.5) | dict(auc=error_rates(p, t)['auc']))
 

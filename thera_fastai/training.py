@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle and lr_find)
 from fastai.learner import Learner, load_model, save_model
-from fastai.losses import BCEWithLogitsLossFlat
+from fastai.losses import BaseLoss, BCEWithLogitsLossFlat
 from fastai.torch_core import set_seed
 from sklearn.model_selection import train_test_split
 
@@ -41,7 +42,8 @@ class FitConfig:
     lr: float = None
     wd: float = 0.01
     seed: int = 42
-    weighted: bool = True
+    balance: str = 'sampler'   # 'sampler' (weighted DataLoader), 'loss' (class-weighted BCE) or 'none'
+    schedule: str = 'one_cycle'  # 'one_cycle' or 'constant' (the seed's Adam at a fixed lr)
     flip: bool = True
     max_rotate: float = 5.0
     max_shift_px: int = 2
@@ -60,6 +62,8 @@ class FitConfig:
         if self.bs is None: self.bs = recipe['bs']
         if self.lr is None: self.lr = recipe['lr']
         if self.epochs < 1: raise TheraError(f"--epochs must be at least 1 (got {self.epochs})")
+        if self.balance not in ('sampler', 'loss', 'none'): raise TheraError(f"--balance must be sampler, loss or none (got {self.balance!r})")
+        if self.schedule not in ('one_cycle', 'constant'): raise TheraError(f"unknown schedule {self.schedule!r}")
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
@@ -77,10 +81,27 @@ def library_versions():
                 numpy=np.__version__, sklearn=sklearn.__version__, python=platform.python_version())
 
 
-def thera_learner(dls, cfg, path='.'):
+class BalancedBCELoss(BaseLoss):
+    "`BCEWithLogitsLossFlat` with its class-1 term scaled by `pos_weight` (fastai's refuses `pos_weight` with flattening)."
+    def __init__(self, pos_weight, thresh=0.5):
+        super().__init__(nn.BCEWithLogitsLoss, pos_weight=torch.tensor([float(pos_weight)]), flatten=True, floatify=True,
+                         is_2d=False)
+        self.thresh = thresh
+    def decodes(self, x): return x > self.thresh
+    def activation(self, x): return torch.sigmoid(x)
+
+
+def balanced_loss(labels):
+    "BCE whose class-1 term is scaled by n0/n1, so both classes weigh the same in the loss."
+    counts = np.bincount(np.asarray(labels), minlength=2)
+    return BalancedBCELoss(counts[0] / counts[1])
+
+
+def thera_learner(dls, cfg, path='.', train_labels=None):
     "A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics and channels-last on the CPU."
     model = create_model(cfg.arch, **cfg.model_kwargs())
-    learn = Learner(dls, model, loss_func=BCEWithLogitsLossFlat(), metrics=thera_metrics(), wd=cfg.wd,
+    loss = balanced_loss(train_labels) if cfg.balance == 'loss' else BCEWithLogitsLossFlat()
+    learn = Learner(dls, model, loss_func=loss, metrics=thera_metrics(), wd=cfg.wd,
                     path=path, model_dir='.')
     if cfg.channels_last: learn.add_cb(ChannelsLast())
     return learn
@@ -162,15 +183,16 @@ def train_fold(images, labels, train_idx, valid_idx, cfg, fold_dir, run_id, fold
     fold_dir = Path(fold_dir)
     fold_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed + fold, reproducible=True)
-    dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.weighted,
+    dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler',
                            stats=image_stats(images, train_idx), **cfg.aug_kwargs())
-    learn = thera_learner(dls, cfg, fold_dir)
+    learn = thera_learner(dls, cfg, fold_dir, np.asarray(labels)[train_idx])
     start = _resume_checkpoint(learn, fold_dir)
     cbs = [CSVLogger(fold_dir/'history.csv', append=start > 0), AtomicCheckpoint(fold_dir)]
     if quiet: learn.logger = partial(_log_epoch, learn.recorder, fold)
     t0 = time.time()
     with (learn.no_bar() if quiet else nullcontext()):
-        if start < cfg.epochs: learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
+        fit = learn.fit_one_cycle if cfg.schedule == 'one_cycle' else learn.fit
+        if start < cfg.epochs: fit(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
     fit_s = time.time() - t0
     targs = np.asarray(labels)[valid_idx]
     probs = predict_probs(learn, dls.valid)
