@@ -86,6 +86,8 @@ def test_sigkill_mid_fold_then_resume(tmp_path):
     assert res.returncode == 0, res.stderr
     assert 'fold 0/2: already finished, skipped' in res.stdout
     assert json.loads((tmp_path/'run'/'fold1'/'done.json').read_text())['resumed_from_epoch'] >= 1
+    from thera_fastai.plots import read_history
+    assert list(read_history(tmp_path/'run'/'fold1'/'history.csv')['epoch']) == list(range(6))
     assert not list(tmp_path.rglob('*.tmp'))
 
 
@@ -134,3 +136,60 @@ def test_predict_bad_models_and_output(trained, tiny_folder, tmp_path):
     res = run_cli('thera-predict', '--models', trained/'run', '--data', tiny_folder, '--out', tmp_path/'no'/'l.txt')
     assert res.returncode == 2 and 'output folder does not exist' in res.stderr
     assert not (tmp_path/'l.txt').exists()
+
+
+def test_learners_from_another_run_or_image_size_are_refused(trained, tmp_path):
+    import shutil
+    run = tmp_path/'mixed'
+    shutil.copytree(trained/'run', run)
+    done = json.loads((run/'fold1'/'done.json').read_text())
+    (run/'fold1'/'done.json').write_text(json.dumps({**done, 'run_id': 'another'}))
+    res = run_cli('thera-predict', '--models', run, '--data', trained/'data', '--out', tmp_path/'l.txt',
+                  env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 2 and 'fold1/model.pkl: learner comes from another run' in res.stderr
+    cfg = json.loads((run/'config.json').read_text())
+    cfg['config']['image_size'] = [32, 32, 3]
+    (run/'config.json').write_text(json.dumps(cfg))
+    res = run_cli('thera-predict', '--models', run, '--data', trained/'data', '--out', tmp_path/'l.txt',
+                  env={'THERA_CACHE': str(trained/'cache')})
+    assert res.returncode == 2 and 'models were trained on (32, 32, 3) images, the data is (64, 64, 3)' in res.stderr
+    assert not (tmp_path/'l.txt').exists()
+
+
+def test_exported_learner_predicts_the_same_in_a_fresh_process(trained):
+    code = ("import sys, numpy as np; from fastai.learner import load_learner; "
+            "from thera_fastai.source import open_dataset; from thera_fastai.cache import cached_images; "
+            "from thera_fastai.data import images_dl; from thera_fastai.inference import predict_probs; "
+            "import pandas as pd; oof = pd.read_csv(sys.argv[1] + '/fold0/oof.csv'); "
+            "learn = load_learner(sys.argv[1] + '/fold0/model.pkl'); "
+            "imgs = cached_images(open_dataset(sys.argv[2]).train)[oof['row'].to_numpy()]; "
+            "p = predict_probs(learn, images_dl(learn.dls, imgs)); print(np.abs(p - oof['prob'].to_numpy()).max())")
+    res = subprocess.run([sys.executable, '-c', code, str(trained/'run'), str(trained/'data')], capture_output=True,
+                         text=True, env={**os.environ, 'THERA_CACHE': str(trained/'cache')}, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert float(res.stdout.strip().splitlines()[-1]) < 2e-6
+
+
+def test_corrupt_member_in_zip_is_named(tiny_zip, tmp_path):
+    data = bytearray(tiny_zip.read_bytes())
+    at = data.find(b'train_img/000010.jpg') + 200     # inside the stored JPEG after its local header
+    data[at:at + 50] = bytes(50)
+    bad = tmp_path/'bad.zip'; bad.write_bytes(bytes(data))
+    res = run_cli('thera-fit', '--data', bad, '--out', tmp_path/'run', '--quiet')
+    assert res.returncode == 2 and 'train_img/000010.jpg: cannot read (Bad CRC-32' in res.stderr, res.stderr
+
+
+def test_real_slice_fit_and_predict(real_slice, tmp_path):
+    env = {'THERA_CACHE': str(tmp_path/'cache')}
+    res = run_cli('thera-fit', '--data', real_slice, '--out', tmp_path/'run', '--folds', 2, '--epochs', 1, '--bs', 32,
+                  '--tta', 1, '--quiet', env=env)
+    assert res.returncode == 0, res.stderr
+    report = json.loads((tmp_path/'run'/'report.json').read_text())
+    assert report['n_images'] == 400 and report['complete']
+    res = run_cli('thera-predict', '--models', tmp_path/'run', '--data', real_slice, '--out', tmp_path/'label_val.txt',
+                  '--tta', 1, '--quiet', env=env)
+    assert res.returncode == 0, res.stderr
+    labels = (tmp_path/'label_val.txt').read_text().splitlines()
+    assert len(labels) == 50 and set(labels) <= {'0', '1'}
+    votes = pd.read_csv(tmp_path/'label_val_votes.csv', dtype={'image': str})
+    assert list(votes['image']) == [f"{i:06d}.jpg" for i in range(1, 51)]

@@ -6,7 +6,7 @@ import pandas as pd
 
 from .cache import atomic_write
 
-__all__ = ['plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'plot_top_losses']
+__all__ = ['plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'read_history', 'top_losses', 'plot_top_losses']
 
 
 def _plt():
@@ -25,15 +25,16 @@ def plot_history(histories, path):
     plt = _plt()
     fig, (ax_loss, ax_hter) = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, h in sorted(histories.items()):
-        epochs = h['epoch'] + 1
-        ax_loss.plot(epochs, h['train_loss'], '--', marker='o', label=f"fold {k} train")
-        ax_loss.plot(epochs, h['valid_loss'], '-', marker='o', label=f"fold {k} valid")
-        ax_hter.plot(epochs, h['hter'], marker='o', label=f"fold {k}")
+        epochs, color = h['epoch'] + 1, f"C{int(k) % 10}"
+        ax_loss.plot(epochs, h['train_loss'], '--', marker='x', color=color, label=f"fold {k} train (weighted)")
+        ax_loss.plot(epochs, h['valid_loss'], '-', marker='o', color=color, label=f"fold {k} valid")
+        ax_hter.plot(epochs, h['hter'], marker='o', color=color, label=f"fold {k}")
+    n_epochs = max(int(h['epoch'].max()) + 1 for h in histories.values())
     ax_loss.set(xlabel='epoch', ylabel='BCE loss', title='Loss per epoch')
     ax_hter.set(xlabel='epoch', ylabel='validation HTER at 0.5', title='HTER per epoch')
-    from matplotlib.ticker import MaxNLocator
     for ax in (ax_loss, ax_hter):
-        ax.legend(fontsize=7); ax.grid(alpha=.3); ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend(fontsize=7); ax.grid(alpha=.3)
+        ax.set_xticks(range(1, n_epochs + 1)); ax.set_xlim(0.5, n_epochs + 0.5)
     fig.tight_layout(w_pad=2)
     _save(fig, path)
 
@@ -69,10 +70,22 @@ def plot_confusion(probs, targs, threshold, path):
     _save(fig, path)
 
 
+def read_history(path):
+    """A fold's history.csv as numbers, one row per epoch.
+
+    A resumed fold's file repeats the header line, and an epoch logged just before a kill but not
+    checkpointed is logged again on resume: the header is dropped and the later row kept. Epochs
+    skipped on resume are logged by fastai as "epoch,time" only: those rows are dropped."""
+    h = pd.read_csv(path)
+    h = h[(h['epoch'].astype(str) != 'epoch') & h['valid_loss'].notna()]
+    h = h.assign(**{c: pd.to_numeric(h[c]) for c in h.columns if c != 'time'})
+    return h.drop_duplicates('epoch', keep='last').reset_index(drop=True)
+
+
 def write_plots(out, oof, threshold):
     "history.png, roc.png and confusion.png under `out` from its folds' histories and pooled `oof` frame."
     out = Path(out)
-    histories = {k: pd.read_csv(out/f"fold{k}"/'history.csv') for k in sorted(oof['fold'].unique())}
+    histories = {k: read_history(out/f"fold{k}"/'history.csv') for k in sorted(oof['fold'].unique())}
     plot_history(histories, out/'history.png')
     p, t = oof['prob_tta'].to_numpy(), oof['label'].to_numpy()
     plot_roc(p, t, threshold, out/'roc.png')
