@@ -2,9 +2,8 @@
 
 Run:  .venv/bin/python bench/bench_speed.py --data ../shared/data/ml_exercise_therapanacea.zip
 Prints one Markdown table (paste it into the README with the machine it ran on)."""
-import argparse, copy, os, resource, tempfile, time, warnings
+import argparse, copy, resource, tempfile, time, warnings
 
-import numpy as np
 import torch
 
 warnings.filterwarnings('ignore')

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import run_cli, write_dataset, zip_folder
+from conftest import run_cli, write_dataset
 
 FIT = ('--folds', 2, '--epochs', 3, '--bs', 32, '--tta', 2, '--quiet')
 

@@ -1,5 +1,4 @@
 """Every notebook in nbs/ runs top to bottom on small generated data."""
-import os
 from pathlib import Path
 
 import nbformat

@@ -85,7 +85,7 @@ def predict(
     models:str = None, # A thera-fit output folder
     data:str = None, # The dataset (uses val_img/), its zip, or any folder of JPEGs
     out:str = 'label_val.txt', # The label file to write
-    tta:int = 4, # TTA passes per model (0 = none)
+    tta:int = None, # TTA passes per model (0 = none; default: the run's own, which its thresholds were picked with)
     votes:str = None, # CSV of each model's probability and vote (default: next to --out)
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars
@@ -102,7 +102,8 @@ def predict(
         votes = _check_writable_file(votes or out.with_name(out.stem + '_votes.csv'))
         source = open_images(data)
         images = cached_images(source, cache)
-        fold_models, _ = load_fold_models(models, images.shape[1:])
+        fold_models, run = load_fold_models(models, images.shape[1:])
+        tta = run['config']['tta'] if tta is None else tta
         probs, fold_votes = predict_folds(fold_models, images, tta, progress=None if quiet else _bar('models'))
         final = vote(fold_votes, probs, [m.threshold for m in fold_models])
         write_votes(votes, source.names, probs, fold_votes, final, [m.fold for m in fold_models])

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from fastai.callback.data import WeightedDL
 from fastai.data.block import CategoryBlock, DataBlock, TransformBlock
-from fastai.data.core import Datasets, TfmdDL
+from fastai.data.core import Datasets
 from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorCategory, TensorImage
 from fastai.vision.augment import AffineCoordTfm, _draw_mask, affine_mat, aug_transforms

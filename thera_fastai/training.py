@@ -1,4 +1,4 @@
-"""Learners, one fold's fit, and the stratified K-fold cross-validation that resumes where it stopped."""
+"""Learners and one fold's fit, resumable from its last epoch checkpoint."""
 import hashlib, json, platform, re, time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -25,10 +25,11 @@ from .inference import predict_probs
 from .metrics import best_threshold, error_rates, thera_metrics
 from .models import create_model
 
-__all__ = ['FitConfig', 'RECIPES', 'thera_learner', 'sample_rows', 'data_key', 'train_fold', 'fold_done',
-           'AtomicCheckpoint', 'library_versions']
+__all__ = ['FitConfig', 'RECIPES', 'thera_learner', 'BalancedBCELoss', 'balanced_loss', 'sample_rows', 'data_key',
+           'train_fold', 'fold_done', 'AtomicCheckpoint', 'library_versions']
 
-# Defaults measured on this data (see README, "Recipe"): fit_one_cycle at these peak learning rates.
+# Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
+# simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb); the ResNet's is not yet measured at scale.
 RECIPES = {'simple': dict(lr=3e-3, bs=128), 'resnet18': dict(lr=2e-3, bs=128)}
 
 
