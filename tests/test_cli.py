@@ -39,7 +39,7 @@ def test_fit_writes_learners_oof_and_report(trained):
 def test_predict_writes_labels_in_file_name_order(trained, tmp_path):
     out = tmp_path/'label_val.txt'
     res = run_cli('thera-predict', '--models', trained/'run', '--data', trained/'data', '--out', out, '--tta', 2,
-                  '--quiet', env={'THERA_CACHE': str(trained/'cache')})
+                  env={'THERA_CACHE': str(tmp_path/'cache')})  # progress bars on, decoding into a fresh cache
     assert res.returncode == 0, res.stderr
     labels = out.read_text().splitlines()
     assert len(labels) == 40 and set(labels) <= {'0', '1'}
@@ -182,7 +182,7 @@ def test_corrupt_member_in_zip_is_named(tiny_zip, tmp_path):
 def test_real_slice_fit_and_predict(real_slice, tmp_path):
     env = {'THERA_CACHE': str(tmp_path/'cache')}
     res = run_cli('thera-fit', '--data', real_slice, '--out', tmp_path/'run', '--folds', 2, '--epochs', 1, '--bs', 32,
-                  '--tta', 1, '--quiet', env=env)
+                  '--tta', 1, env=env)  # progress bars on
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path/'run'/'report.json').read_text())
     assert report['n_images'] == 400 and report['complete']

@@ -95,16 +95,17 @@ def predict(
         _require(models=models, data=data)
         _quiet_warnings()
         from .cache import cached_images
+        from .cv import labelled_bar
         from .ensemble import load_fold_models, predict_folds, vote, write_labels, write_votes
         from .source import open_images
         t0 = time.time()
         out = _check_writable_file(out)
         votes = _check_writable_file(votes or out.with_name(out.stem + '_votes.csv'))
         source = open_images(data)
-        images = cached_images(source, cache)
+        images = cached_images(source, cache, progress=None if quiet else labelled_bar('decode'))
         fold_models, run = load_fold_models(models, images.shape[1:])
         tta = run['config']['tta'] if tta is None else tta
-        probs, fold_votes = predict_folds(fold_models, images, tta, progress=None if quiet else _bar('models'))
+        probs, fold_votes = predict_folds(fold_models, images, tta, progress=None if quiet else labelled_bar('models'))
         final = vote(fold_votes, probs, [m.threshold for m in fold_models])
         write_votes(votes, source.names, probs, fold_votes, final, [m.fold for m in fold_models])
         write_labels(out, final, len(source))
@@ -128,7 +129,3 @@ def explore(
         from .explore import explore_dataset
         print(explore_dataset(data, _check_writable_file(out), n, cache, seed))
 
-
-def _bar(what):
-    from fastprogress.fastprogress import progress_bar
-    return lambda xs: progress_bar(xs, comment=what)

@@ -14,7 +14,7 @@ from .report import write_reports
 from .source import open_dataset
 from .training import FitConfig, data_key, fold_done, library_versions, sample_rows, train_fold
 
-__all__ = ['cross_validate', 'read_oof', 'cv_summary', 'check_run_config']
+__all__ = ['cross_validate', 'read_oof', 'cv_summary', 'check_run_config', 'labelled_bar']
 
 
 def _run_id(cfg, dkey):
@@ -71,7 +71,7 @@ def cross_validate(data, out, cfg: FitConfig, only_fold=None, cache_dir=None, qu
     its last checkpoint. Returns the summary dict (also written as report.json and report.md)."""
     out = Path(out)
     t0 = time.time()
-    ds, images, rows, dkey = _prepare(data, cfg, cache_dir, None if quiet else _progress('decode'))
+    ds, images, rows, dkey = _prepare(data, cfg, cache_dir, None if quiet else labelled_bar('decode'))
     labels = ds.labels
     splits = fold_splits(labels[rows], cfg.folds, cfg.seed)
     if only_fold is not None and not 0 <= only_fold < cfg.folds:
@@ -128,6 +128,11 @@ def _summarize(out, run, results, seconds):
     return summary
 
 
-def _progress(what):
+def labelled_bar(what):
+    "A callable wrapping an iterable in a fastprogress bar whose comment says `what` is progressing."
     from fastprogress.fastprogress import progress_bar
-    return lambda futs: progress_bar(futs, comment=what)
+    def bar(items):
+        pb = progress_bar(items)
+        pb.comment = what
+        return pb
+    return bar
