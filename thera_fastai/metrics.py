@@ -8,7 +8,7 @@ from fastai.metrics import AccumMetric
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
 __all__ = ['far', 'frr', 'hter', 'error_rates', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
-           'thera_metrics', 'LOWER_IS_BETTER']
+           'thera_metrics']
 
 
 def _as_np(probs, targs):
@@ -96,9 +96,6 @@ def BalancedAcc(thresh=0.5):
 def AUC():
     "ROC AUC of P(class 1) as a fastai metric."
     return _metric(auc, 'auc')
-
-
-LOWER_IS_BETTER = ('hter', 'far', 'frr')
 
 
 def thera_metrics():
