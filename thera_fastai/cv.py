@@ -12,7 +12,7 @@ from .metrics import best_threshold, error_rates
 from .plots import write_plots
 from .report import write_reports
 from .source import open_dataset
-from .training import FitConfig, data_key, fold_done, library_versions, sample_rows, train_fold
+from .training import FitConfig, checkpoints, data_key, fold_done, library_versions, sample_rows, train_fold
 
 __all__ = ['cross_validate', 'read_oof', 'cv_summary', 'check_run_config', 'labelled_bar']
 
@@ -93,17 +93,18 @@ def cross_validate(data, out, cfg: FitConfig, only_fold=None, cache_dir=None, qu
         if res is not None:
             results[k] = res
             log(f"fold {k}: HTER {res['at_05']['hter']:.4f} at 0.5 (TTA), AUC {res['at_05']['auc']:.4f}")
-    summary = _summarize(out, run, results, time.time() - t0)
+    oof = read_oof(out, sorted(results)) if results else None
+    summary = _summarize(run, results, oof, time.time() - t0)
     write_reports(out, summary)
-    if results: write_plots(out, read_oof(out, sorted(results)), summary['pooled']['best_threshold'])
+    if results: write_plots(out, oof, summary['pooled']['best_threshold'])
     return summary
 
 
 def _interrupted(results, k, fold_dir):
     "What finished and how to resume, for a Ctrl-C in the middle of fold `k`."
     done = f"fold(s) {', '.join(map(str, sorted(results)))} finished" if results else "no fold finished"
-    ckpts = sorted(fold_dir.glob('ckpt-e*.pth'))
-    where = f"fold {k} stopped after epoch {ckpts[-1].stem.split('-e')[-1]} (checkpoint kept)" if ckpts else f"fold {k} stopped in its first epoch"
+    ckpts = checkpoints(fold_dir)
+    where = f"fold {k} stopped after epoch {ckpts[0][0]} (checkpoint kept)" if ckpts else f"fold {k} stopped in its first epoch"
     return f"{done}; {where}. Rerun the same command to resume."
 
 
@@ -115,14 +116,13 @@ def _make_out(out):
     except OSError as e: raise TheraError(f"output folder is not writable ({e.strerror})", out) from None
 
 
-def _summarize(out, run, results, seconds):
+def _summarize(run, results, oof, seconds):
     summary = dict(run_id=run['run_id'], config=run['config'], n_images=run['n_images'], versions=run['versions'],
                    seconds=seconds, folds={k: {n: r[n] for n in ('at_05', 'at_05_plain', 'threshold', 'fit_seconds',
                                                                   'images_seen', 'n_train', 'n_valid')}
                                            for k, r in results.items()},
                    complete=len(results) == run['config']['folds'])
-    if results:
-        oof = read_oof(out, sorted(results))
+    if oof is not None:
         summary['pooled'] = cv_summary(oof)
         summary['pooled_plain'] = cv_summary(oof, 'prob')
     return summary

@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import metrics
 from .cache import atomic_write
 
 __all__ = ['plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'read_history', 'top_losses', 'plot_top_losses']
@@ -44,7 +45,7 @@ def plot_roc(probs, targs, threshold, path):
     from sklearn.metrics import roc_auc_score, roc_curve
     plt = _plt()
     fpr, tpr, _ = roc_curve(targs, probs)
-    far, frr = float((probs[targs == 0] >= threshold).mean()), float((probs[targs == 1] < threshold).mean())
+    far, frr = metrics.far(probs, targs, threshold), metrics.frr(probs, targs, threshold)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     ax.plot(fpr, tpr, label=f"ROC, AUC {roc_auc_score(targs, probs):.4f}")
     ax.plot([far], [1 - frr], 'o', color='C3', label=f"threshold {threshold:.3f}: FAR {far:.3f}, FRR {frr:.3f}")
@@ -57,8 +58,8 @@ def plot_roc(probs, targs, threshold, path):
 def plot_confusion(probs, targs, threshold, path):
     "Confusion matrix of the pooled out-of-fold predictions at `threshold`, counts and row shares."
     plt = _plt()
-    pred = (probs >= threshold).astype(int)
-    cm = np.array([[((targs == t) & (pred == p)).sum() for p in (0, 1)] for t in (0, 1)])
+    from sklearn.metrics import confusion_matrix
+    cm = confusion_matrix(targs, probs >= threshold, labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.imshow(cm / cm.sum(1, keepdims=True), cmap='Blues', vmin=0, vmax=1)
     for t in (0, 1):

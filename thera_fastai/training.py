@@ -26,7 +26,7 @@ from .metrics import best_threshold, error_rates, thera_metrics
 from .models import create_model
 
 __all__ = ['FitConfig', 'RECIPES', 'thera_learner', 'BalancedBCELoss', 'balanced_loss', 'sample_rows', 'data_key',
-           'train_fold', 'fold_done', 'AtomicCheckpoint', 'library_versions']
+           'train_fold', 'fold_done', 'AtomicCheckpoint', 'checkpoints', 'library_versions']
 
 # Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
 # simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb); the ResNet's is not yet measured at scale.
@@ -138,14 +138,18 @@ class AtomicCheckpoint(Callback):
             if old != path: old.unlink()
 
 
+def checkpoints(folder):
+    "The `ckpt-e{epoch}.pth` files in `folder` as (epoch, path), newest first."
+    return sorted(((int(re.findall(r'\d+', p.stem)[-1]), p) for p in Path(folder).glob('ckpt-e*.pth')), reverse=True)
+
+
 def _resume_checkpoint(learn, folder):
     "Loads the newest readable checkpoint in `folder`; returns the epoch to start from (0 when none)."
-    ckpts = sorted(folder.glob('ckpt-e*.pth'), key=lambda p: int(re.findall(r'\d+', p.stem)[-1]), reverse=True)
-    for ckpt in ckpts:
+    for epoch, ckpt in checkpoints(folder):
         try:
             learn.create_opt()
             load_model(ckpt, learn.model, learn.opt, with_opt=True, device='cpu')
-            return int(re.findall(r'\d+', ckpt.stem)[-1]) + 1
+            return epoch + 1
         except Exception:
             ckpt.unlink()  # a checkpoint that does not load is not trusted: fall back to an older one or a restart
     return 0
