@@ -1,5 +1,8 @@
 """Speed bench: ingest, bare training step, end-to-end fit, prediction; images/s, % of matmul rate, peak RSS.
 
+Each arch runs in fp32 and, where the hardware has native bf16 (AVX512-BF16/AMX CPUs, recent GPUs), in bf16
+autocast too: the `--precision` of thera-fit.
+
 Run:  .venv/bin/python bench/bench_speed.py --data ../shared/data/ml_exercise_therapanacea.zip
 Prints one Markdown table (paste it into the README with the machine it ran on)."""
 import argparse, copy, resource, tempfile, time, warnings
@@ -14,12 +17,14 @@ from thera_fastai.cache import cached_images  # noqa: E402
 from thera_fastai.data import fold_dataloaders, fold_splits, images_dl  # noqa: E402
 from thera_fastai.inference import predict_probs  # noqa: E402
 from thera_fastai.source import open_dataset  # noqa: E402
-from thera_fastai.training import FitConfig, thera_learner  # noqa: E402
+from thera_fastai.training import FitConfig, native_bf16, thera_learner  # noqa: E402
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 
-def matmul_gflops(n=2048, reps=10):
-    "Measured fp32 matmul rate of this machine, GFLOP/s."
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_gflops(precision='fp32', n=2048, reps=10):
+    "Measured matmul rate of this machine in `precision`, GFLOP/s."
+    a, b = torch.randn(n, n, dtype=DTYPES[precision]), torch.randn(n, n, dtype=DTYPES[precision])
     a @ b
     t = time.perf_counter()
     for _ in range(reps): a @ b
@@ -34,13 +39,16 @@ def train_flops(model, size=64):
     return fc.get_total_flops() / 8
 
 
-def bare_step(model, bs, channels_last, seconds=20):
+def bare_step(model, bs, channels_last, precision='fp32', seconds=20):
     "Training steps per second on one preloaded batch: the model's own ceiling, images/s."
     model = copy.deepcopy(model).train()
     x, y = torch.randn(bs, 3, 64, 64), torch.randint(0, 2, (bs,)).float()
     if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt, lossf = torch.optim.Adam(model.parameters(), 1e-3), torch.nn.BCEWithLogitsLoss()
-    def step(): opt.zero_grad(); lossf(model(x).view(-1), y).backward(); opt.step()
+    def step():
+        opt.zero_grad()
+        with torch.autocast('cpu', dtype=torch.bfloat16, enabled=precision == 'bf16'): out = model(x).view(-1).float()
+        lossf(out, y).backward(); opt.step()
     step(); step()
     n, t = 0, time.perf_counter()
     while time.perf_counter() - t < seconds: step(); n += bs
@@ -48,13 +56,17 @@ def bare_step(model, bs, channels_last, seconds=20):
 
 
 def end_to_end(images, labels, cfg, n_train):
-    "Images/s of `fit_one_cycle` on `n_train` rows: weighted sampling, batch augmentation, optimizer step, all in."
+    """Images/s of `fit_one_cycle` on `n_train` rows: weighted sampling, batch augmentation, optimizer step, all in.
+
+    A first fit on a few batches warms up (as the bare step's first two steps do): in a real epoch of
+    80,000 images the one-off kernel setup is lost in the noise, in a 6,000-image bench it is not."""
     tr, va = fold_splits(labels, 5, cfg.seed)[0]
     set_seed(0)
-    dls = fold_dataloaders(images, labels, tr[:n_train], va[:cfg.bs], bs=cfg.bs)
-    learn = thera_learner(dls, cfg, tempfile.mkdtemp())
+    learn = thera_learner(fold_dataloaders(images, labels, tr[:4 * cfg.bs], va[:cfg.bs], bs=cfg.bs), cfg, tempfile.mkdtemp())
     learn.metrics = []
     with learn.no_bar(), learn.no_logging():
+        learn.fit_one_cycle(1, cfg.lr)
+        learn.dls = fold_dataloaders(images, labels, tr[:n_train], va[:cfg.bs], bs=cfg.bs)
         t = time.perf_counter(); learn.fit_one_cycle(1, cfg.lr); total = time.perf_counter() - t
     return n_train / total, learn
 
@@ -91,23 +103,26 @@ def main():
     a = p.parse_args()
     first, again, n = ingest(a.data)
     print(f"ingest: {n} JPEGs decoded into the cache in {first:.1f} s ({n / first:,.0f}/s); reopened in {again:.2f} s")
-    gflops = matmul_gflops()
-    print(f"fp32 matmul: {gflops:.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    precisions = ['fp32', 'bf16'] if native_bf16() else ['fp32']
+    gflops = {p: matmul_gflops(p) for p in precisions}
+    print("matmul: " + ', '.join(f"{p} {g:.0f} GFLOP/s" for p, g in gflops.items()) + f" on {torch.get_num_threads()} threads")
     ds = open_dataset(a.data, need_val=True)
     images, val = cached_images(ds.train), cached_images(ds.val)
-    print("| arch | train GFLOP/img | bare step img/s (NCHW) | bare step img/s (channels-last) | %% of matmul | end-to-end fit img/s | %% of bare | predict img/s (TTA %d) | 5 folds x 20k predict |" % a.tta)
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| arch | precision | train GFLOP/img | bare step img/s (NCHW) | bare step img/s (channels-last) | %% of matmul | "
+          "end-to-end fit img/s | %% of bare | predict img/s (TTA %d) | 5 folds x 20k predict |" % a.tta)
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in a.archs.split(','):
         arch, _, stem = spec.partition(':')
-        cfg = FitConfig(arch=arch, stem=stem or 'nopool')
-        scale = 1 if arch == 'simple' else 8  # the ResNets are 4-13x slower: fewer rows keep the bench short
-        rate, learn = end_to_end(images, ds.labels, cfg, a.n_train // scale)
-        model = learn.model.to(memory_format=torch.contiguous_format)
-        flops = train_flops(copy.deepcopy(model))
-        nchw, cl = bare_step(model, cfg.bs, False, a.seconds), bare_step(model, cfg.bs, True, a.seconds)
-        pred = predict_rate(learn, val[:a.n_predict // scale], a.tta)
-        print(f"| {spec} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops:.0f}% | "
-              f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
+        for precision in precisions:
+            cfg = FitConfig(arch=arch, stem=stem or 'nopool', precision=precision)
+            scale = 1 if arch == 'simple' else 8  # the ResNets are 4-13x slower: fewer rows keep the bench short
+            rate, learn = end_to_end(images, ds.labels, cfg, a.n_train // scale)
+            model = learn.model.to(memory_format=torch.contiguous_format)
+            flops = train_flops(copy.deepcopy(model))
+            nchw, cl = (bare_step(model, cfg.bs, c, precision, a.seconds) for c in (False, True))
+            pred = predict_rate(learn, val[:a.n_predict // scale], a.tta)
+            print(f"| {spec} | {precision} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops[precision]:.0f}% | "
+                  f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
     print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 

@@ -1,30 +1,28 @@
 """Recipe study on fold 0: each variant trained with the package's own CV code, one Markdown row each.
 
 Run:  .venv/bin/python bench/recipe_study.py --data ../shared/data/ml_exercise_therapanacea.zip \
-          --sample 20000 --epochs 2 --out runs/study
+          --epochs 2 --out runs/study-full   [--sample 10000 for a quick look]
 Variants are `name:key=value,...` over `FitConfig` fields (see --variants). Every HTER is measured on
 fold 0's validation rows, which the model never saw; `cross-fitted` picks the threshold on one half
 of those rows and scores the other half, and vice versa. The TTA sweep reuses the baseline's learner."""
-import argparse, ast, time, warnings
+import argparse, ast, json, time, warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 warnings.filterwarnings('ignore')
-from fastai.learner import load_learner  # noqa: E402
-
 from thera_fastai.cache import cached_images  # noqa: E402
 from thera_fastai.cv import cross_validate  # noqa: E402
 from thera_fastai.data import images_dl  # noqa: E402
 from thera_fastai.inference import predict_probs  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
 from thera_fastai.source import open_dataset  # noqa: E402
-from thera_fastai.training import FitConfig  # noqa: E402
+from thera_fastai.training import FitConfig, load_fold_learner  # noqa: E402
 
 VARIANTS = ('baseline:;no-flip:flip=False;plain+threshold:balance="none";loss-weighting:balance="loss";'
-            'seed-recipe(Adam 1e-4 constant):schedule="constant",lr=1e-4;bs64:bs=64;bs256:bs=256;'
-            'resnet18-nopool:arch="resnet18";resnet18-default-stem:arch="resnet18",stem="default"')
+            'label-smoothing-0.1:label_smoothing=0.1;seed-recipe(Adam 1e-4 StepLR):schedule="step",lr=1e-4;'
+            'bs64:bs=64;bs256:bs=256;resnet18-default-stem:arch="resnet18",stem="default";resnet18-nopool:arch="resnet18"')
 
 
 def parse_variants(text):
@@ -48,7 +46,7 @@ def tta_sweep(run, data, ns=(0, 2, 4, 8)):
     oof = pd.read_csv(Path(run)/'fold0'/'oof.csv')
     images = cached_images(open_dataset(data).train)[np.sort(oof['row'].to_numpy())]
     labels = oof.sort_values('row')['label'].to_numpy()
-    learn = load_learner(Path(run)/'fold0'/'model.pkl')
+    learn = load_fold_learner(Path(run)/'fold0'/'model.pkl', json.loads((Path(run)/'config.json').read_text())['config'])
     for n in ns:
         m = error_rates(predict_probs(learn, images_dl(learn.dls, images), n), labels)
         print(f"| TTA n={n} | {m['hter']:.4f} | {m['auc']:.4f} |", flush=True)
@@ -58,11 +56,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--data', required=True)
     ap.add_argument('--out', default='runs/study')
-    ap.add_argument('--sample', type=int, default=20000)
+    ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images (default: all)')
     ap.add_argument('--epochs', type=int, default=2)
     ap.add_argument('--variants', default=VARIANTS)
     a = ap.parse_args()
-    print(f"fold 0 of 5 on a stratified sample of {a.sample}, {a.epochs} epochs each\n")
+    print(f"fold 0 of 5 on {f'a stratified sample of {a.sample}' if a.sample else 'all'} images, {a.epochs} epochs each\n")
     print("| variant | HTER at 0.5 (TTA 4) | HTER, cross-fitted threshold | AUC | minutes | images seen |")
     print("|---|---|---|---|---|---|")
     for name, over in parse_variants(a.variants):

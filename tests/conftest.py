@@ -75,9 +75,9 @@ def real_slice(tmp_path_factory):
     return out
 
 
-def run_cli(prog, *args, env=None, timeout=600):
+def run_cli(prog, *args, env=None, timeout=600, cwd=None):
     "Runs an installed console script (thera-fit, thera-predict, thera-explore) in a fresh process."
     exe = Path(sys.executable).parent/prog
     if not exe.exists(): pytest.fail(f"{exe} not found: install the package (pip install -e .)")
     return subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
+                          env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from thera_fastai.errors import TheraError
-from thera_fastai.models import SimpleCNN, create_model, resnet18_64
+from thera_fastai.models import ByteDropout, SimpleCNN, create_model, resnet18_64
 
 
 def test_simple_cnn_matches_the_spec():
@@ -16,6 +16,26 @@ def test_simple_cnn_matches_the_spec():
     lins = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
     assert [(l.in_features, l.out_features) for l in lins] == [(128, 64), (64, 128), (128, 1)]
     assert m(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+@pytest.mark.parametrize('channels_last', [True, False])
+def test_byte_dropout_is_a_dropout(channels_last):
+    x = torch.ones(32, 16, 32, 32)
+    if channels_last: x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    drop = ByteDropout(0.25)
+    torch.manual_seed(0); y = drop(x)
+    keep = (y != 0).float()
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert y.unique().tolist() == [0.0, pytest.approx(4 / 3)]
+    assert abs(keep.mean().item() - 0.75) < 0.003
+    per_channel, per_row = keep.mean((0, 2, 3)), keep.mean((0, 1, 3))  # no byte of a draw may be biased
+    assert per_channel.min() > 0.73 and per_channel.max() < 0.77 and per_row.min() > 0.73 and per_row.max() < 0.77
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(x * mask / 0.75)/dx = mask / 0.75 = y where x is 1
+    torch.manual_seed(0); assert torch.equal(drop(x), y)
+    assert not torch.equal(drop(x), y)
+    assert torch.equal(drop.eval()(x), x)
 
 
 def test_simple_cnn_widths_are_configurable():

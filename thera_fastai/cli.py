@@ -47,7 +47,7 @@ def fit(
     data:str = None, # The exercise zip or its extracted folder
     arch:str = 'simple', # Model: simple or resnet18
     folds:int = 5, # Number of stratified folds
-    epochs:int = 1, # Epochs per fold (fit_one_cycle)
+    epochs:int = None, # Epochs per fold (default: the arch's recipe, 13 for simple: 30 min per fold on 2 bf16 cores)
     out:str = 'runs/simple', # Output folder for models and reports
     fold:int = None, # Train only this fold (0-based)
     sample:int = None, # Stratified subset of N images, for smoke runs
@@ -58,9 +58,12 @@ def fit(
     no_weighted:store_true = False, # Plain shuffling instead of the inverse-frequency weighted DataLoader (= --balance none)
     balance:str = 'sampler', # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     no_flip:store_true = False, # No horizontal flip in augmentation
+    schedule:str = 'one_cycle', # LR schedule: one_cycle, step (the seed's StepLR, x0.1 every 10 epochs) or constant
+    label_smoothing:float = 0.0, # BCE label smoothing eps: targets eps/2 and 1-eps/2
     stem:str = 'nopool', # ResNet-18 stem for 64x64: nopool, default or conv3
     pretrained:store_true = False, # Start the ResNet from timm's pretrained weights (needs them locally)
     weights:str = None, # Local resnet18 state-dict file to start from
+    precision:str = 'auto', # bf16 (autocast), fp32, or auto: bf16 where the CPU/GPU runs it natively
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars, log lines only
 ):
@@ -71,8 +74,8 @@ def fit(
         from .cv import cross_validate
         from .training import FitConfig
         cfg = FitConfig(arch=arch, folds=folds, epochs=epochs, bs=bs, lr=lr, seed=seed, balance='none' if no_weighted else balance,
-                        flip=not no_flip, tta=tta, sample=sample, stem=stem, pretrained=pretrained or weights is not None,
-                        weights=weights)
+                        flip=not no_flip, schedule=schedule, label_smoothing=label_smoothing, tta=tta, sample=sample,
+                        stem=stem, pretrained=pretrained or weights is not None, weights=weights, precision=precision)
         summary = cross_validate(data, out, cfg, only_fold=fold, cache_dir=cache, quiet=quiet)
         if 'pooled' in summary:
             p = summary['pooled']

@@ -29,7 +29,7 @@ def _check_imports():
 
 def load_fold_models(models_dir, image_shape=(64, 64, 3)):
     "Every finished fold under `models_dir` (a `thera-fit --out` folder), checked to come from one run that fits `image_shape`."
-    from fastai.learner import load_learner
+    from .training import load_fold_learner
     models_dir = Path(models_dir)
     if not models_dir.is_dir(): raise TheraError("models folder does not exist", models_dir)
     cfg_path = models_dir/'config.json'
@@ -45,7 +45,7 @@ def load_fold_models(models_dir, image_shape=(64, 64, 3)):
         res = json.loads(done.read_text())
         if res.get('run_id') != run['run_id']:
             raise TheraError(f"learner comes from another run than {cfg_path} (different arch or config)", fold_dir/'model.pkl')
-        try: learn = load_learner(fold_dir/'model.pkl', cpu=True)
+        try: learn = load_fold_learner(fold_dir/'model.pkl', run['config'])
         except Exception as e: raise TheraError(f"cannot load the learner ({type(e).__name__}: {e})", fold_dir/'model.pkl') from None
         models.append(FoldModel(int(fold_dir.name[4:]), learn, res['threshold']))
     if not models: raise TheraError("holds no finished fold learner (fold*/model.pkl with done.json)", models_dir)

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-__all__ = ['SimpleCNN', 'simple_cnn', 'resnet18_64', 'RESNET_STEMS', 'create_model']
+__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'resnet18_64', 'RESNET_STEMS', 'create_model']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
 DEFAULT_HEAD = (64, 128)
@@ -14,17 +14,34 @@ def conv_bn_relu(ni, nf, padding_mode='zeros'):
                          nn.BatchNorm2d(nf), nn.ReLU(inplace=True))
 
 
+class ByteDropout(nn.Dropout):
+    """`nn.Dropout` whose keep mask is drawn one byte per element: 8 elements per 64-bit draw.
+
+    torch's CPU dropout draws one 32-bit number per element from a serial Mersenne twister; on the
+    simple CNN's feature maps that was a sixth of a training step on 2 cores. Same Bernoulli mask
+    distribution and 1/(1-p) scaling, with `p` rounded to a multiple of 1/256 (0.25 is exact)."""
+    def forward(self, x):
+        if not self.training or self.p == 0: return x
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        layout = (x.shape[0], *x.shape[2:], x.shape[1]) if channels_last else x.shape
+        draws = torch.empty((x.numel() + 7) // 8, dtype=torch.int64, device=x.device).random_(-2**63, 2**63 - 1)
+        bytes_ = draws.view(torch.uint8)[:x.numel()].view(layout)
+        if channels_last: bytes_ = bytes_.permute(0, 3, 1, 2)
+        keep = (bytes_ >= round(self.p * 256)).to(x.dtype)
+        return x * keep * (1 / (1 - self.p))
+
+
 class SimpleCNN(nn.Sequential):
     "The seed's CNN: 3x3 conv blocks, max-pool and dropout between blocks, an MLP head, one logit."
     def __init__(self, widths=DEFAULT_WIDTHS, head=DEFAULT_HEAD, n_in=3, p=0.25, padding_mode='zeros'):
         layers, ni = [], n_in
         for i, block in enumerate(widths):
-            if i > 0: layers += [nn.MaxPool2d(2), nn.Dropout(p)]
+            if i > 0: layers += [nn.MaxPool2d(2), ByteDropout(p)]
             for nf in block:
                 layers.append(conv_bn_relu(ni, nf, padding_mode))
                 ni = nf
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(p)]
-        for nf in head: layers += [nn.Linear(ni, nf), nn.ReLU(inplace=True), nn.Dropout(p)]; ni = nf
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), ByteDropout(p)]
+        for nf in head: layers += [nn.Linear(ni, nf), nn.ReLU(inplace=True), ByteDropout(p)]; ni = nf
         layers.append(nn.Linear(ni, 1))
         super().__init__(*layers)
 

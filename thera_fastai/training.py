@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
+from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import CSVLogger
-from fastai.callback.schedule import fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle and lr_find)
-from fastai.learner import Learner, load_model, save_model
+from fastai.callback.schedule import ParamScheduler, fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle, lr_find)
+from fastai.learner import Learner, load_learner, load_model, save_model
 from fastai.losses import BaseLoss, BCEWithLogitsLossFlat
 from fastai.torch_core import set_seed
 from sklearn.model_selection import train_test_split
@@ -25,12 +26,23 @@ from .inference import predict_probs
 from .metrics import best_threshold, error_rates, thera_metrics
 from .models import create_model
 
-__all__ = ['FitConfig', 'RECIPES', 'thera_learner', 'BalancedBCELoss', 'balanced_loss', 'sample_rows', 'data_key',
-           'train_fold', 'fold_done', 'AtomicCheckpoint', 'checkpoints', 'library_versions']
+__all__ = ['FitConfig', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'native_bf16', 'BF16Autocast', 'thera_learner', 'BalancedBCELoss',
+           'speed_callbacks', 'load_fold_learner', 'balanced_loss', 'step_schedule', 'sample_rows', 'data_key', 'train_fold', 'fold_done', 'AtomicCheckpoint',
+           'checkpoints', 'library_versions']
 
 # Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
-# simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb); the ResNet's is not yet measured at scale.
-RECIPES = {'simple': dict(lr=3e-3, bs=128), 'resnet18': dict(lr=2e-3, bs=128)}
+# simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb). Epochs: what fits in 30 minutes per fold
+# on a 2-core bf16 CPU (13 x 2.0 min; HTER 0.082 on fold 0, flat after epoch 10). The ResNet's lr and
+# epochs are not measured at scale.
+RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4)}
+PRECISIONS = ('auto', 'bf16', 'fp32')
+SCHEDULES = ('one_cycle', 'step', 'constant')
+
+
+def native_bf16():
+    "Whether this machine runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
+    if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass
@@ -38,13 +50,14 @@ class FitConfig:
     "Everything that decides what a fit computes; saved next to its models and compared on resume."
     arch: str = 'simple'
     folds: int = 5
-    epochs: int = 1
+    epochs: int = None
     bs: int = None
     lr: float = None
     wd: float = 0.01
     seed: int = 42
     balance: str = 'sampler'   # 'sampler' (weighted DataLoader), 'loss' (class-weighted BCE) or 'none'
-    schedule: str = 'one_cycle'  # 'one_cycle' or 'constant' (the seed's Adam at a fixed lr)
+    schedule: str = 'one_cycle'  # 'one_cycle', 'step' (the seed's StepLR: lr x0.1 every 10 epochs) or 'constant'
+    label_smoothing: float = 0.0  # BCE targets pulled to eps/2 and 1-eps/2
     flip: bool = True
     max_rotate: float = 5.0
     max_shift_px: int = 2
@@ -55,6 +68,7 @@ class FitConfig:
     pretrained: bool = False
     weights: str = None
     channels_last: bool = True
+    precision: str = 'auto'    # 'bf16' autocast, 'fp32', or 'auto': bf16 where the hardware runs it natively
     image_size: list = field(default_factory=lambda: [64, 64, 3])
 
     def __post_init__(self):
@@ -62,9 +76,13 @@ class FitConfig:
         if recipe is None: raise TheraError(f"unknown arch {self.arch!r}: use simple or resnet18")
         if self.bs is None: self.bs = recipe['bs']
         if self.lr is None: self.lr = recipe['lr']
+        if self.epochs is None: self.epochs = recipe['epochs']
         if self.epochs < 1: raise TheraError(f"--epochs must be at least 1 (got {self.epochs})")
         if self.balance not in ('sampler', 'loss', 'none'): raise TheraError(f"--balance must be sampler, loss or none (got {self.balance!r})")
-        if self.schedule not in ('one_cycle', 'constant'): raise TheraError(f"unknown schedule {self.schedule!r}")
+        if self.schedule not in SCHEDULES: raise TheraError(f"unknown schedule {self.schedule!r}: use {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1: raise TheraError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.precision not in PRECISIONS: raise TheraError(f"--precision must be auto, bf16 or fp32 (got {self.precision!r})")
+        if self.precision == 'auto': self.precision = 'bf16' if native_bf16() else 'fp32'
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
@@ -83,28 +101,68 @@ def library_versions():
 
 
 class BalancedBCELoss(BaseLoss):
-    "`BCEWithLogitsLossFlat` with its class-1 term scaled by `pos_weight` (fastai's refuses `pos_weight` with flattening)."
-    def __init__(self, pos_weight, thresh=0.5):
+    """`BCEWithLogitsLossFlat` with its class-1 term scaled by `pos_weight` (fastai's refuses `pos_weight` with
+    flattening) and optional label smoothing: targets become `eps/2` and `1 - eps/2`."""
+    def __init__(self, pos_weight=1.0, smoothing=0.0, thresh=0.5):
         super().__init__(nn.BCEWithLogitsLoss, pos_weight=torch.tensor([float(pos_weight)]), flatten=True, floatify=True,
                          is_2d=False)
-        self.thresh = thresh
+        self.smoothing, self.thresh = smoothing, thresh
+    def __call__(self, inp, targ, **kwargs):
+        return super().__call__(inp, targ.float() * (1 - self.smoothing) + self.smoothing / 2, **kwargs)
     def decodes(self, x): return x > self.thresh
     def activation(self, x): return torch.sigmoid(x)
 
 
-def balanced_loss(labels):
+def balanced_loss(labels, smoothing=0.0):
     "BCE whose class-1 term is scaled by n0/n1, so both classes weigh the same in the loss."
     counts = np.bincount(np.asarray(labels), minlength=2)
-    return BalancedBCELoss(counts[0] / counts[1])
+    return BalancedBCELoss(counts[0] / counts[1], smoothing)
+
+
+def step_schedule(lr, epochs, step_epochs=10, gamma=0.1):
+    "The seed's `StepLR` as a fastai `ParamScheduler`: `lr`, times `gamma` every `step_epochs` epochs."
+    return ParamScheduler({'lr': partial(_stepped, lr, epochs, step_epochs, gamma)})
+
+
+def _stepped(lr, epochs, step_epochs, gamma, pos): return lr * gamma ** int(pos * epochs // step_epochs)
+
+
+class BF16Autocast(MixedPrecision):
+    """fastai's `MixedPrecision` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
+
+    Convolutions and linear layers run in bf16, the weights, loss and optimizer stay fp32; no gradient
+    scaler is needed since bf16 has fp32's range. It stays with an exported learner, so predictions
+    run in the precision the model was trained and thresholded in."""
+    def __init__(self): super().__init__(amp_mode='bf16')
+
+    def before_fit(self):
+        device = (getattr(self.dls, 'device', None) or torch.device('cpu')).type
+        self.autocast = torch.autocast(device, dtype=torch.bfloat16)
+        self.learn.scaler, self.scales = torch.amp.GradScaler(device, enabled=False), []
 
 
 def thera_learner(dls, cfg, path='.', train_labels=None):
-    "A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics and channels-last on the CPU."
+    "A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics, channels-last and `cfg`'s precision."
     model = create_model(cfg.arch, **cfg.model_kwargs())
-    loss = balanced_loss(train_labels) if cfg.balance == 'loss' else BCEWithLogitsLossFlat()
-    learn = Learner(dls, model, loss_func=loss, metrics=thera_metrics(), wd=cfg.wd,
-                    path=path, model_dir='.')
-    if cfg.channels_last: learn.add_cb(ChannelsLast())
+    if cfg.balance == 'loss': loss = balanced_loss(train_labels, cfg.label_smoothing)
+    elif cfg.label_smoothing: loss = BalancedBCELoss(smoothing=cfg.label_smoothing)
+    else: loss = BCEWithLogitsLossFlat()
+    return Learner(dls, model, loss_func=loss, metrics=thera_metrics(), wd=cfg.wd, path=path, model_dir='.',
+                   cbs=speed_callbacks(cfg.channels_last, cfg.precision))
+
+
+def speed_callbacks(channels_last=True, precision='fp32'):
+    "The callbacks that decide how the model runs: channels-last memory layout and bf16 autocast."
+    return [ChannelsLast()] * bool(channels_last) + [BF16Autocast()] * (precision == 'bf16')
+
+
+def load_fold_learner(path, config):
+    """`load_learner` on the CPU with the speed callbacks of `config` (a run's config dict) put back.
+
+    fastai's `load_learner(cpu=True)` drops `ChannelsLast` and mixed precision, but a fold's threshold
+    was picked on predictions made with them: its later predictions must be made the same way."""
+    learn = load_learner(path, cpu=True)
+    learn.add_cbs(speed_callbacks(config.get('channels_last', True), config.get('precision', 'fp32')))
     return learn
 
 
@@ -185,7 +243,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg, fold_dir, run_id, fold
     """Fits one fold (resuming from its newest checkpoint), exports it, writes its out-of-fold predictions.
 
     Returns the fold's result dict, also saved as `done.json` once everything else is on disk."""
-    fold_dir = Path(fold_dir)
+    fold_dir = Path(fold_dir).resolve()  # fastai joins relative file names onto learn.path, itself fold_dir
     fold_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed + fold, reproducible=True)
     dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler',
@@ -197,6 +255,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg, fold_dir, run_id, fold
     t0 = time.time()
     with (learn.no_bar() if quiet else nullcontext()):
         fit = learn.fit_one_cycle if cfg.schedule == 'one_cycle' else learn.fit
+        if cfg.schedule == 'step': cbs.append(step_schedule(cfg.lr, cfg.epochs))
         if start < cfg.epochs: fit(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
     fit_s = time.time() - t0
     targs = np.asarray(labels)[valid_idx]
