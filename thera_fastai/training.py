@@ -131,8 +131,8 @@ class BF16Autocast(MixedPrecision):
     """fastai's `MixedPrecision` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
 
     Convolutions and linear layers run in bf16, the weights, loss and optimizer stay fp32; no gradient
-    scaler is needed since bf16 has fp32's range. It stays with an exported learner, so predictions
-    run in the precision the model was trained and thresholded in."""
+    scaler is needed since bf16 has fp32's range. `load_fold_learner` puts it back on an exported
+    learner, so predictions run in the precision the model was trained and thresholded in."""
     def __init__(self): super().__init__(amp_mode='bf16')
 
     def before_fit(self):
