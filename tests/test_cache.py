@@ -48,3 +48,31 @@ def test_truncated_cache_is_rebuilt(tiny_folder, tmp_path):
 def test_no_temp_files_left(tiny_folder, tmp_path):
     cached_images(open_dataset(tiny_folder).train, tmp_path/'c')
     assert not list((tmp_path/'c').glob('.*tmp'))
+
+
+def test_cache_of_an_older_version_is_still_trusted(tiny_folder, tmp_path):
+    "Caches written before per-chunk checksums (one whole-array CRC) are reused, not decoded again."
+    import json, zlib
+    a = cached_images(open_dataset(tiny_folder).train, tmp_path/'c')
+    npy = _npy(tmp_path/'c')[0]
+    meta_path = npy.with_suffix('.json')
+    meta = json.loads(meta_path.read_text())
+    meta['crc32'] = zlib.crc32(np.ascontiguousarray(a))
+    del meta['crc32_chunks']
+    meta_path.write_text(json.dumps(meta))
+    mtime = npy.stat().st_mtime_ns
+    assert (cached_images(open_dataset(tiny_folder).train, tmp_path/'c') == a).all() and npy.stat().st_mtime_ns == mtime
+    meta['crc32'] ^= 1
+    meta_path.write_text(json.dumps(meta))
+    with pytest.warns(UserWarning, match='cache is corrupt'): cached_images(open_dataset(tiny_folder).train, tmp_path/'c')
+
+
+def test_checksums_cover_every_chunk(tiny_folder, tmp_path):
+    from thera_fastai.cache import _chunk_crcs
+    a = np.array(cached_images(open_dataset(tiny_folder).train, tmp_path/'c'))
+    crcs = _chunk_crcs(a, chunk=4096)
+    assert len(crcs) == -(-a.size // 4096)
+    b = a.copy(); b.reshape(-1)[-1] ^= 1
+    c = a.copy(); c.reshape(-1)[4096] ^= 1
+    assert _chunk_crcs(b, chunk=4096)[:-1] == crcs[:-1] and _chunk_crcs(b, chunk=4096)[-1] != crcs[-1]
+    assert _chunk_crcs(c, chunk=4096)[1] != crcs[1]

@@ -105,9 +105,10 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     deadline = time.time() + 300
     while not list((tmp_path/'run'/'fold1').glob('ckpt-e*.pth')) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
+    assert proc.poll() is None, "thera-fit ended before fold 1's first checkpoint was seen"
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
     assert 'interrupted: fold(s) 0 finished; fold 1 stopped after epoch' in err and 'Rerun the same command' in err
     assert 'Traceback' not in err
 

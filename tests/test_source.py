@@ -116,3 +116,13 @@ def test_open_images_takes_dataset_zip_or_any_folder(tiny_folder, tiny_zip, tmp_
     loose = tmp_path/'loose'; loose.mkdir()
     for i, img in enumerate(synthetic_images([1, 0, 1])): (loose/f"img{10 - i}.jpg").write_bytes(jpeg(img))
     assert open_images(loose).names == ['img8.jpg', 'img9.jpg', 'img10.jpg']
+
+
+@pytest.mark.parametrize('names', [[f'{i:06d}.jpg' for i in range(1, 120)],               # the exercise's zero-padded names
+                                   [f'{i}.jpg' for i in range(1, 120)],                      # unpadded: 2 < 10 < 100
+                                   [f'{i:03d}.jpg' for i in range(1, 120)] + ['1000.jpg', '7.jpeg', 'b2.jpg', 'b10.JPG']])
+def test_images_come_in_natural_file_name_order(names):
+    from thera_fastai.source import _image_names, _natural_key
+    shuffled = list(np.random.default_rng(0).permutation(names)) + ['.hidden.jpg', 'notes.txt']
+    ordered = _image_names(shuffled)
+    assert ordered == sorted(names, key=_natural_key) and ordered.index('002.jpg' if '002.jpg' in names else names[1]) == 1

@@ -10,8 +10,8 @@ from thera_fastai.cv import cv_summary
 from thera_fastai.data import fold_dataloaders, fold_splits
 from thera_fastai.errors import TheraError
 from thera_fastai.inference import predict_probs
-from thera_fastai.training import (FitConfig, RECIPES, BalancedBCELoss, balanced_loss, native_bf16, sample_rows, step_schedule,
-                                   thera_learner)
+from thera_fastai.callbacks import native_bf16
+from thera_fastai.training import FitConfig, RECIPES, BalancedBCELoss, balanced_loss, sample_rows, step_schedule, thera_learner
 
 
 def test_config_defaults_come_from_the_recipe_and_bad_values_are_refused():
@@ -91,3 +91,11 @@ def test_cross_fitted_threshold_uses_other_rows_only():
     assert s['at_best_in_sample']['hter'] <= s['cross_fitted']['hter'] < s['at_05']['hter']
     one = cv_summary(oof.assign(fold=0))          # one fold: halves by row parity
     assert one['at_best_in_sample']['hter'] <= one['cross_fitted']['hter']
+
+
+def test_learners_exported_before_the_callbacks_module_still_load():
+    "Exports of thera_fastai 0.1 name thera_fastai.training.BF16Autocast; unpickling them must still find it."
+    import pickle
+    from thera_fastai.callbacks import BF16Autocast
+    old = pickle.dumps(BF16Autocast(), protocol=0).replace(b'thera_fastai.callbacks', b'thera_fastai.training')
+    assert b'thera_fastai.training' in old and type(pickle.loads(old)) is BF16Autocast

@@ -6,13 +6,14 @@ import numpy as np
 import pandas as pd
 
 from .cache import atomic_write, cached_images, source_key
+from .callbacks import checkpoints
 from .data import fold_splits
 from .errors import TheraError
 from .metrics import best_threshold, error_rates
 from .plots import write_plots
 from .report import write_reports
 from .source import open_dataset
-from .training import FitConfig, checkpoints, data_key, fold_done, library_versions, sample_rows, train_fold
+from .training import FitConfig, data_key, fold_done, library_versions, sample_rows, train_fold
 
 __all__ = ['cross_validate', 'read_oof', 'cv_summary', 'check_run_config', 'labelled_bar']
 

@@ -57,7 +57,16 @@ def _natural_key(name): return [int(t) if t.isdigit() else t.lower() for t in re
 
 def _image_names(names):
     "Image file names among `names`, hidden files left out, in natural file-name order."
-    return sorted((n for n in names if n.lower().endswith(IMAGE_EXTS) and not n.startswith('.')), key=_natural_key)
+    names = [n for n in names if n.lower().endswith(IMAGE_EXTS) and not n.startswith('.')]
+    return sorted(names) if _zero_padded(names) else sorted(names, key=_natural_key)
+
+
+def _zero_padded(names):
+    "Whether all names are numbers of one width with one extension (000001.jpg...): string order is then natural order."
+    if not names: return True
+    ext = names[0][names[0].rfind('.'):]
+    width = len(names[0])
+    return all(len(n) == width and n.endswith(ext) and n[:-len(ext)].isascii() and n[:-len(ext)].isdigit() for n in names)
 
 
 def _open_zip(path):

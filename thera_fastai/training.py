@@ -1,5 +1,5 @@
 """Learners and one fold's fit, resumable from its last epoch checkpoint."""
-import hashlib, json, platform, re, time
+import hashlib, json, platform, time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -8,27 +8,25 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from fastai.callback.channelslast import ChannelsLast
-from fastai.callback.core import Callback
-from fastai.callback.fp16 import MixedPrecision
 from fastai.callback.progress import CSVLogger
 from fastai.callback.schedule import ParamScheduler, fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle, lr_find)
-from fastai.learner import Learner, load_learner, load_model, save_model
+from fastai.learner import Learner, load_learner, load_model
 from fastai.losses import BaseLoss, BCEWithLogitsLossFlat
 from fastai.torch_core import set_seed
 from sklearn.model_selection import train_test_split
 
 from . import __version__
 from .cache import atomic_write
+# Exported learners of earlier versions name thera_fastai.training.BF16Autocast: the import keeps them loadable.
+from .callbacks import AtomicCheckpoint, BF16Autocast, checkpoints, native_bf16, speed_callbacks  # noqa: F401
 from .data import fold_dataloaders, image_stats
 from .errors import TheraError
 from .inference import predict_probs
 from .metrics import best_threshold, error_rates, thera_metrics
 from .models import create_model
 
-__all__ = ['FitConfig', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'native_bf16', 'BF16Autocast', 'thera_learner', 'BalancedBCELoss',
-           'speed_callbacks', 'load_fold_learner', 'balanced_loss', 'step_schedule', 'sample_rows', 'data_key', 'train_fold', 'fold_done', 'AtomicCheckpoint',
-           'checkpoints', 'library_versions']
+__all__ = ['FitConfig', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'thera_learner', 'BalancedBCELoss', 'load_fold_learner', 'balanced_loss',
+           'step_schedule', 'sample_rows', 'data_key', 'train_fold', 'fold_done', 'library_versions']
 
 # Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
 # simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb). Epochs: what fits in 30 minutes per fold
@@ -37,12 +35,6 @@ __all__ = ['FitConfig', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'native_bf16', 'BF
 RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4)}
 PRECISIONS = ('auto', 'bf16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
-
-
-def native_bf16():
-    "Whether this machine runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
-    if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 @dataclass
@@ -127,20 +119,6 @@ def step_schedule(lr, epochs, step_epochs=10, gamma=0.1):
 def _stepped(lr, epochs, step_epochs, gamma, pos): return lr * gamma ** int(pos * epochs // step_epochs)
 
 
-class BF16Autocast(MixedPrecision):
-    """fastai's `MixedPrecision` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
-
-    Convolutions and linear layers run in bf16, the weights, loss and optimizer stay fp32; no gradient
-    scaler is needed since bf16 has fp32's range. `load_fold_learner` puts it back on an exported
-    learner, so predictions run in the precision the model was trained and thresholded in."""
-    def __init__(self): super().__init__(amp_mode='bf16')
-
-    def before_fit(self):
-        device = (getattr(self.dls, 'device', None) or torch.device('cpu')).type
-        self.autocast = torch.autocast(device, dtype=torch.bfloat16)
-        self.learn.scaler, self.scales = torch.amp.GradScaler(device, enabled=False), []
-
-
 def thera_learner(dls, cfg, path='.', train_labels=None):
     "A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics, channels-last and `cfg`'s precision."
     model = create_model(cfg.arch, **cfg.model_kwargs())
@@ -149,11 +127,6 @@ def thera_learner(dls, cfg, path='.', train_labels=None):
     else: loss = BCEWithLogitsLossFlat()
     return Learner(dls, model, loss_func=loss, metrics=thera_metrics(), wd=cfg.wd, path=path, model_dir='.',
                    cbs=speed_callbacks(cfg.channels_last, cfg.precision))
-
-
-def speed_callbacks(channels_last=True, precision='fp32'):
-    "The callbacks that decide how the model runs: channels-last memory layout and bf16 autocast."
-    return [ChannelsLast()] * bool(channels_last) + [BF16Autocast()] * (precision == 'bf16')
 
 
 def load_fold_learner(path, config):
@@ -182,23 +155,6 @@ def data_key(images_key, labels, rows):
     h.update(np.ascontiguousarray(labels, dtype=np.int8).tobytes())
     h.update(np.ascontiguousarray(rows, dtype=np.int64).tobytes())
     return h.hexdigest()[:16]
-
-
-class AtomicCheckpoint(Callback):
-    "Saves model and optimizer after every epoch as `ckpt-e{epoch}.pth`, atomically, keeping only the newest."
-    order = 70
-    def __init__(self, folder): self.folder = Path(folder)
-
-    def after_epoch(self):
-        path = self.folder/f"ckpt-e{self.epoch}.pth"
-        atomic_write(path, lambda tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True))
-        for old in self.folder.glob('ckpt-e*.pth'):
-            if old != path: old.unlink()
-
-
-def checkpoints(folder):
-    "The `ckpt-e{epoch}.pth` files in `folder` as (epoch, path), newest first."
-    return sorted(((int(re.findall(r'\d+', p.stem)[-1]), p) for p in Path(folder).glob('ckpt-e*.pth')), reverse=True)
 
 
 def _resume_checkpoint(learn, folder):
