@@ -100,8 +100,11 @@ def test_sigint_stops_cleanly_and_says_how_to_resume(tmp_path):
     write_dataset(tmp_path/'data', n_train=400, n_val=8)
     exe = Path(sys.executable).parent/'thera-fit'
     args = ['--data', tmp_path/'data', '--out', tmp_path/'run', '--folds', 2, '--epochs', 6, '--bs', 16, '--tta', 0, '--quiet']
+    # A shell without job control starts background jobs with SIGINT ignored, and Python keeps it ignored in the
+    # child: give thera-fit the default disposition, as a terminal would, or the test depends on how pytest was run.
     proc = subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache')})
+                            env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache')},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while not list((tmp_path/'run'/'fold1').glob('ckpt-e*.pth')) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.02)
