@@ -17,8 +17,9 @@ from sklearn.model_selection import train_test_split
 
 from . import __version__
 from .cache import atomic_write
-# Exported learners of earlier versions name thera_fastai.training.BF16Autocast: the import keeps them loadable.
-from .callbacks import AtomicCheckpoint, BF16Autocast, checkpoints, native_bf16, speed_callbacks  # noqa: F401
+from .callbacks import AtomicCheckpoint, checkpoints, native_bf16, speed_callbacks
+# Exported learners of earlier versions name thera_fastai.training.BF16Autocast: this import keeps them loadable.
+from .callbacks import BF16Autocast  # noqa: F401
 from .data import fold_dataloaders, image_stats
 from .errors import TheraError
 from .inference import predict_probs
