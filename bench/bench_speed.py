@@ -17,8 +17,8 @@ from thera_fastai.cache import cached_images  # noqa: E402
 from thera_fastai.data import fold_dataloaders, fold_splits, images_dl  # noqa: E402
 from thera_fastai.inference import predict_probs  # noqa: E402
 from thera_fastai.source import open_dataset  # noqa: E402
-from thera_fastai.callbacks import native_bf16  # noqa: E402
-from thera_fastai.training import FitConfig, thera_learner  # noqa: E402
+from thera_fastai.config import FitConfig, native_bf16  # noqa: E402
+from thera_fastai.learner import thera_learner  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
@@ -58,12 +58,13 @@ def bare_step(model, bs, channels_last, precision='fp32', seconds=20):
     return n / (time.perf_counter() - t)
 
 
-def warm_learner(images, labels, cfg):
+def warm_learner(images, labels, cfg, precision):
     """A learner for `cfg` after a first fit on a few batches (as the bare step's first steps): in a real epoch
     of 80,000 images the one-off kernel setup is lost in the noise, in a 6,000-image bench it is not."""
     tr, va = fold_splits(labels, 5, cfg.seed)[0]
     set_seed(0)
-    learn = thera_learner(fold_dataloaders(images, labels, tr[:4 * cfg.bs], va[:cfg.bs], bs=cfg.bs), cfg, tempfile.mkdtemp())
+    learn = thera_learner(fold_dataloaders(images, labels, tr[:4 * cfg.bs], va[:cfg.bs], bs=cfg.bs), cfg, tempfile.mkdtemp(),
+                          runtime=dict(device='cpu', precision=precision, channels_last=True))
     learn.metrics = []
     with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(1, cfg.lr)
     return learn
@@ -122,9 +123,9 @@ def main():
     for spec in a.archs.split(','):
         arch, _, stem = spec.partition(':')
         for precision in precisions:
-            cfg = FitConfig(arch=arch, stem=stem or 'nopool', precision=precision)
+            cfg = FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
             scale = 1 if arch == 'simple' else 8  # the ResNets are 4-13x slower: fewer rows keep the bench short
-            learn = warm_learner(images, ds.labels, cfg)
+            learn = warm_learner(images, ds.labels, cfg, precision)
             model = copy.deepcopy(learn.model).to(memory_format=torch.contiguous_format)
             flops = train_flops(copy.deepcopy(model).cpu())
             nchw = bare_step(model, cfg.bs, False, precision, a.seconds)

@@ -10,7 +10,7 @@ sees), trains `--members` fold models on an inner stratified K-fold of the other
 held-out rows: each member alone, the majority vote at the members' thresholds (what `thera-predict`
 does), and the mean probability at 0.5 and at the mean of the members' thresholds. Finished members are
 reused when the script is rerun with the same arguments."""
-import argparse, hashlib, json, time, warnings
+import argparse, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +18,30 @@ import numpy as np
 warnings.filterwarnings('ignore')
 from thera_fastai.cache import cached_images  # noqa: E402
 from thera_fastai.data import fold_splits  # noqa: E402
+from thera_fastai.files import short_hash  # noqa: E402
 from thera_fastai.ensemble import FoldModel, predict_folds, vote  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
 from thera_fastai.source import open_dataset  # noqa: E402
-from thera_fastai.training import FitConfig, fold_done, load_fold_learner, sample_rows, train_fold  # noqa: E402
+from thera_fastai.config import FitConfig, Runtime  # noqa: E402
+from thera_fastai.data import sample_rows  # noqa: E402
+from thera_fastai.learner import load_fold_learner  # noqa: E402
+from thera_fastai.runs import fold_done  # noqa: E402
+from thera_fastai.training import train_fold  # noqa: E402
 
 
 def train_members(images, labels, train_rows, cfg, out, members):
     "Fits (or reuses) one model per inner fold of `train_rows`; returns them as `FoldModel`s with their thresholds."
-    run_id = 'ensemble-' + hashlib.sha1(json.dumps([cfg.to_dict(), members], sort_keys=True).encode()).hexdigest()[:16]
+    run_id = 'ensemble-' + short_hash(cfg.to_dict(), members)
     models = []
     for k, (inner_tr, inner_va) in enumerate(fold_splits(labels[train_rows], members, cfg.seed)):
         folder = Path(out)/f"member{k}"
         res = fold_done(folder, run_id)
         if res is None:
             t = time.time()
-            res = train_fold(images, labels, train_rows[inner_tr], train_rows[inner_va], cfg, folder, run_id, fold=k, quiet=True)
+            folder.mkdir(parents=True, exist_ok=True)
+            res = train_fold(images, labels, train_rows[inner_tr], train_rows[inner_va], cfg, Runtime().resolved(), folder, run_id, fold=k)
             print(f"member {k}: {len(inner_tr):,} rows x {cfg.epochs} epochs in {(time.time() - t) / 60:.1f} min", flush=True)
-        models.append(FoldModel(k, load_fold_learner(folder/'model.pkl', cfg.to_dict()), res['threshold']))
+        models.append(FoldModel(k, load_fold_learner(folder), res['threshold']))
     return models
 
 

@@ -5,7 +5,7 @@ Run:  .venv/bin/python bench/recipe_study.py --data ../shared/data/ml_exercise_t
 Variants are `name:key=value,...` over `FitConfig` fields (see --variants). Every HTER is measured on
 fold 0's validation rows, which the model never saw; `cross-fitted` picks the threshold on one half
 of those rows and scores the other half, and vice versa. The TTA sweep reuses the baseline's learner."""
-import argparse, ast, json, time, warnings
+import argparse, ast, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +13,11 @@ import pandas as pd
 
 warnings.filterwarnings('ignore')
 from thera_fastai.cache import cached_images  # noqa: E402
-from thera_fastai.cv import cross_validate  # noqa: E402
+import thera_fastai as tf  # noqa: E402
 from thera_fastai.data import images_dl  # noqa: E402
 from thera_fastai.inference import predict_probs  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
 from thera_fastai.source import open_dataset  # noqa: E402
-from thera_fastai.training import FitConfig, load_fold_learner  # noqa: E402
 
 VARIANTS = ('baseline:;no-flip:flip=False;plain+threshold:balance="none";loss-weighting:balance="loss";'
             'label-smoothing-0.1:label_smoothing=0.1;seed-recipe(Adam 1e-4 StepLR):schedule="step",lr=1e-4;'
@@ -46,7 +45,7 @@ def tta_sweep(run, data, ns=(0, 2, 4, 8)):
     oof = pd.read_csv(Path(run)/'fold0'/'oof.csv')
     images = cached_images(open_dataset(data).train)[np.sort(oof['row'].to_numpy())]
     labels = oof.sort_values('row')['label'].to_numpy()
-    learn = load_fold_learner(Path(run)/'fold0'/'model.pkl', json.loads((Path(run)/'config.json').read_text())['config'])
+    learn = tf.load_fold_learner(Path(run)/'fold0')
     for n in ns:
         m = error_rates(predict_probs(learn, images_dl(learn.dls, images), n), labels)
         print(f"| TTA n={n} | {m['hter']:.4f} | {m['auc']:.4f} |", flush=True)
@@ -64,9 +63,8 @@ def main():
     print("| variant | HTER at 0.5 (TTA 4) | HTER, cross-fitted threshold | AUC | minutes | images seen |")
     print("|---|---|---|---|---|---|")
     for name, over in parse_variants(a.variants):
-        cfg = FitConfig(**{**dict(folds=5, epochs=a.epochs, sample=a.sample), **over})
         t = time.time()
-        s = cross_validate(a.data, Path(a.out)/name, cfg, only_fold=0, quiet=True, log=lambda *_: None)
+        s = tf.fit(a.data, Path(a.out)/name, fold=0, log=lambda *_: None, **{**dict(folds=5, epochs=a.epochs, sample=a.sample), **over})
         print(row(name, s, (time.time() - t) / 60, s['folds'][0]['images_seen']), flush=True)
     print("\n| baseline TTA | HTER at 0.5 | AUC |\n|---|---|---|")
     tta_sweep(Path(a.out)/'baseline', a.data)

@@ -8,7 +8,8 @@ from fastai.torch_core import set_seed
 from conftest import synthetic_images
 from thera_fastai.data import fold_dataloaders, fold_splits
 from thera_fastai.inference import predict_probs
-from thera_fastai.training import FitConfig, thera_learner
+from thera_fastai.config import FitConfig
+from thera_fastai.learner import thera_learner
 
 
 def _learner(tmp_path, fast):
@@ -17,7 +18,7 @@ def _learner(tmp_path, fast):
     set_seed(0)
     dls = fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=32, fast=fast)
     set_seed(0)
-    return thera_learner(dls, FitConfig(precision='fp32'), tmp_path)
+    return thera_learner(dls, FitConfig(), tmp_path, runtime=dict(device='cpu', precision='fp32', channels_last=True))
 
 
 def test_cache_gather_and_per_item_paths_predict_the_same(tmp_path):
@@ -25,9 +26,18 @@ def test_cache_gather_and_per_item_paths_predict_the_same(tmp_path):
     plain.model.load_state_dict(fast.model.state_dict())
     a, b = predict_probs(fast, fast.dls.valid), predict_probs(plain, plain.dls.valid)
     assert a.shape == (100,) and np.array_equal(a, b)
-    set_seed(1); ta = predict_probs(fast, fast.dls.valid, tta=2)
-    set_seed(1); tb = predict_probs(plain, plain.dls.valid, tta=2)
+    ta, tb = predict_probs(fast, fast.dls.valid, tta=2), predict_probs(plain, plain.dls.valid, tta=2)
     assert np.allclose(ta, tb, atol=1e-6) and not np.allclose(ta, a, atol=1e-6)
+
+
+def test_tta_is_seeded_and_leaves_the_global_generators_alone(tmp_path):
+    import torch
+    learn = _learner(tmp_path, True)
+    torch.manual_seed(7); before = torch.rand(1)
+    torch.manual_seed(7)
+    a, b = predict_probs(learn, learn.dls.valid, tta=3), predict_probs(learn, learn.dls.valid, tta=3)
+    assert np.array_equal(a, b) and torch.equal(torch.rand(1), before)
+    assert not np.array_equal(a, predict_probs(learn, learn.dls.valid, tta=3, seed=1))
 
 
 def test_compiled_and_eager_predict_the_same(tmp_path, monkeypatch):

@@ -8,6 +8,7 @@ from nbclient import NotebookClient
 NBS = sorted((Path(__file__).resolve().parents[1]/'nbs').glob('*.ipynb'))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('nb_path', NBS, ids=[p.stem for p in NBS])
 def test_notebook_runs(nb_path, tiny_folder, tmp_path, monkeypatch):
     for k, v in dict(THERA_NB_DATA=tiny_folder, THERA_NB_SAMPLE=96, THERA_NB_NUM_IT=30, THERA_NB_BS=16,

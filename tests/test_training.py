@@ -1,4 +1,4 @@
-"""Fit configuration, class balancing by loss, cross-fitted thresholds."""
+"""Fit configuration and its checks, class balancing by loss, schedules, cross-fitted thresholds."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -6,33 +6,56 @@ import torch
 from fastai.torch_core import set_seed
 
 from conftest import synthetic_images
-from thera_fastai.cv import cv_summary
-from thera_fastai.data import fold_dataloaders, fold_splits
+from thera_fastai.config import RECIPES, FitConfig, Runtime, native_bf16
+from thera_fastai.data import fold_dataloaders, fold_splits, sample_rows
 from thera_fastai.errors import TheraError
 from thera_fastai.inference import predict_probs
-from thera_fastai.callbacks import native_bf16
-from thera_fastai.training import FitConfig, RECIPES, BalancedBCELoss, balanced_loss, sample_rows, step_schedule, thera_learner
+from thera_fastai.learner import BalancedBCELoss, balanced_loss, step_schedule, thera_learner
+from thera_fastai.report import cv_summary
+
+FP32 = dict(device='cpu', precision='fp32', channels_last=True)
 
 
-def test_config_defaults_come_from_the_recipe_and_bad_values_are_refused():
+def test_config_defaults_come_from_the_recipe():
     cfg = FitConfig(arch='resnet18')
-    assert (cfg.lr, cfg.bs, cfg.epochs) == tuple(RECIPES['resnet18'][k] for k in ('lr', 'bs', 'epochs'))
+    assert (cfg.lr, cfg.bs, cfg.epochs, cfg.stem) == tuple(RECIPES['resnet18'][k] for k in ('lr', 'bs', 'epochs', 'stem'))
     assert FitConfig(epochs=2).epochs == 2 and FitConfig().epochs == RECIPES['simple']['epochs']
-    with pytest.raises(TheraError, match='--balance must be'): FitConfig(balance='oversample')
-    with pytest.raises(TheraError, match='--epochs must be at least 1'): FitConfig(epochs=0)
+    assert FitConfig.from_dict(FitConfig(arch='resnet18').to_dict()) == FitConfig(arch='resnet18')
 
 
-def test_precision_auto_follows_the_hardware():
-    assert FitConfig().precision == ('bf16' if native_bf16() else 'fp32')
-    assert FitConfig(precision='fp32').precision == 'fp32'
-    with pytest.raises(TheraError, match='--precision must be'): FitConfig(precision='fp16')
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(balance='oversample'), "balance must be one of sampler, loss, none (got 'oversample')"),
+    (dict(epochs=0), 'epochs must be an integer of at least 1 (got 0)'),
+    (dict(bs=0), 'bs must be an integer of at least 1 (got 0)'),
+    (dict(tta=-1), 'tta must be an integer of at least 0 (got -1)'),
+    (dict(lr=0), 'lr must be in (0, 10) (got 0)'), (dict(lr=-1.0), 'lr must be in (0, 10) (got -1.0)'),
+    (dict(folds=1), 'folds must be an integer of at least 2'),
+    (dict(stem='default'), 'stem applies to --arch resnet18 only'),
+    (dict(arch='resnet18', stem='wide'), "stem must be one of default, nopool, conv3 (got 'wide')"),
+    (dict(arch='vgg'), "arch must be one of simple, resnet18 (got 'vgg')"),
+    (dict(label_smoothing=1.0), 'label_smoothing must be in [0, 1)'),
+    (dict(sample=2), 'sample must be an integer of at least 4'),
+])
+def test_bad_config_values_name_the_parameter(kwargs, message):
+    with pytest.raises(TheraError) as e: FitConfig(**kwargs)
+    assert str(e.value) == message or str(e.value).startswith(message)
+    assert e.value.cli_message().startswith('--' + e.value.param.replace('_', '-'))
+
+
+def test_runtime_resolves_on_this_machine_and_is_checked():
+    rt = Runtime().resolved()
+    assert rt['device'] == 'cpu' and rt['precision'] == ('bf16' if native_bf16() else 'fp32')
+    assert Runtime(precision='fp32').resolved()['precision'] == 'fp32'
+    with pytest.raises(TheraError, match='precision must be one of'): Runtime(precision='fp16')
+    with pytest.raises(TheraError, match='device is cuda but no CUDA GPU is visible'): Runtime(device='cuda')
 
 
 def _conv_dtypes_in_fit(tmp_path, precision):
     labels = (np.random.default_rng(0).random(96) > 0.3).astype(np.int8)
     tr, va = fold_splits(labels, 2)[0]
     set_seed(0)
-    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(precision=precision), tmp_path)
+    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(), tmp_path,
+                          runtime={**FP32, 'precision': precision})
     seen = set()
     learn.model[0][0].register_forward_hook(lambda m, i, o: seen.add(o.dtype))
     with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3)
@@ -63,13 +86,12 @@ def test_label_smoothing_moves_the_loss_minimum():
         logit = torch.tensor([[np.log(p / (1 - p))]], requires_grad=True)
         loss(logit, torch.tensor([targ])).backward()
         assert abs(logit.grad.item()) < 1e-6
-    with pytest.raises(TheraError, match='--label-smoothing must be'): FitConfig(label_smoothing=1.0)
 
 
 def test_step_schedule_drops_the_lr_like_steplr(tmp_path):
     labels = (np.random.default_rng(0).random(96) > 0.3).astype(np.int8)
     tr, va = fold_splits(labels, 2)[0]
-    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(precision='fp32'), tmp_path)
+    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(), tmp_path, runtime=FP32)
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3, cbs=step_schedule(1e-3, 2, step_epochs=1))
     per_epoch = np.array_split(np.array(learn.recorder.lrs), 2)
     assert np.allclose(per_epoch[0], 1e-3) and np.allclose(per_epoch[1], 1e-4)
@@ -79,7 +101,7 @@ def test_sample_rows_is_stratified_and_checked():
     labels = np.array([0] * 100 + [1] * 900)
     rows = sample_rows(labels, 200, seed=0)
     assert len(rows) == 200 and labels[rows].mean() == 0.9 and (np.diff(rows) > 0).all()
-    with pytest.raises(TheraError, match='larger than the 1000 labelled images'): sample_rows(labels, 1001, 0)
+    with pytest.raises(TheraError, match='sample 1001 is larger than the 1000 labelled images'): sample_rows(labels, 1001, 0)
 
 
 def test_cross_fitted_threshold_uses_other_rows_only():
@@ -91,11 +113,3 @@ def test_cross_fitted_threshold_uses_other_rows_only():
     assert s['at_best_in_sample']['hter'] <= s['cross_fitted']['hter'] < s['at_05']['hter']
     one = cv_summary(oof.assign(fold=0))          # one fold: halves by row parity
     assert one['at_best_in_sample']['hter'] <= one['cross_fitted']['hter']
-
-
-def test_learners_exported_before_the_callbacks_module_still_load():
-    "Exports of thera_fastai 0.1 name thera_fastai.training.BF16Autocast; unpickling them must still find it."
-    import pickle
-    from thera_fastai.callbacks import BF16Autocast
-    old = pickle.dumps(BF16Autocast(), protocol=0).replace(b'thera_fastai.callbacks', b'thera_fastai.training')
-    assert b'thera_fastai.training' in old and type(pickle.loads(old)) is BF16Autocast

@@ -1,37 +1,29 @@
-"""Decoding JPEGs once, in parallel, into a memory-mapped uint8 array that later runs reuse."""
-import hashlib, json, os, warnings, zipfile, zlib
+"""Decoding JPEGs once, in parallel, into a memory-mapped uint8 array that later runs and other processes reuse."""
+import json, os, warnings, zipfile, zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import simplejpeg
+from filelock import FileLock
 
 from .errors import TheraError
+from .files import atomic_write, clean_stale_temps, require_free_space, short_hash
 
-__all__ = ['IMAGE_SIZE', 'default_cache_dir', 'decode_jpeg', 'cached_images', 'source_key', 'atomic_write']
+__all__ = ['IMAGE_SIZE', 'IMAGE_SHAPE', 'default_cache_dir', 'decode_jpeg', 'cached_images', 'source_key']
 
 IMAGE_SIZE = 64
+IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
 CACHE_VERSION = 1
 
 
 def default_cache_dir():
-    "Where caches live unless `--cache` says otherwise: $THERA_CACHE or ~/.cache/thera_fastai."
+    "Where caches live unless `cache` says otherwise: $THERA_CACHE or ~/.cache/thera_fastai."
     return Path(os.environ.get('THERA_CACHE', Path.home()/'.cache'/'thera_fastai'))
 
 
-def atomic_write(path, write):
-    "Calls `write(tmp_path)` then renames tmp onto `path`, so a killed run never leaves a half file."
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-
-
 def decode_jpeg(data, where, size=IMAGE_SIZE):
-    "Decodes one JPEG to a (size, size, 3) uint8 array; grayscale/CMYK are converted, other sizes refused."
+    "Decodes one JPEG to a (size, size, 3) uint8 array; grayscale/CMYK are converted with a warning, other sizes refused."
     try: h, w, colorspace, _ = simplejpeg.decode_jpeg_header(data)
     except ValueError as e: raise TheraError(f"corrupt or not a JPEG ({e})", where) from None
     if (h, w) != (size, size): raise TheraError(f"image is {w}x{h}, expected {size}x{size}", where)
@@ -52,16 +44,18 @@ def _decode_chunk(source, names, out, start):
 def _decode_all(source, out, n_threads, progress):
     "Decodes `source` into `out` with `n_threads` threads (simplejpeg releases the GIL)."
     chunk = 2048
-    starts = range(0, len(source), chunk)
     with ThreadPoolExecutor(n_threads) as ex:
-        futs = [ex.submit(_decode_chunk, source, source.names[s:s + chunk], out, s) for s in starts]
-        for f in (progress(futs) if progress else futs): f.result()
+        futs = [ex.submit(_decode_chunk, source, source.names[s:s + chunk], out, s) for s in range(0, len(source), chunk)]
+        try:
+            for f in (progress(futs) if progress else futs): f.result()
+        except BaseException:
+            for f in futs: f.cancel()
+            raise
 
 
 def source_key(source):
     "A short hash of the source's identity and content fingerprint: the cache's name."
-    h = hashlib.sha1(json.dumps([CACHE_VERSION, source.prefix, source.fingerprint()]).encode())
-    return h.hexdigest()[:16]
+    return short_hash([CACHE_VERSION, source.prefix, source.fingerprint()])
 
 
 def _chunk_crcs(arr, chunk=64 << 20):
@@ -84,27 +78,29 @@ def _load_valid(npy, meta_path, key, n):
         meta = json.loads(meta_path.read_text())
         arr = np.load(npy, mmap_mode='r')
     except (ValueError, OSError, json.JSONDecodeError): return None
-    if meta.get('key') != key or arr.shape != (n, IMAGE_SIZE, IMAGE_SIZE, 3): return None
+    if meta.get('key') != key or arr.shape != (n, *IMAGE_SHAPE): return None
     if not _intact(arr, meta):
         warnings.warn(f"{npy}: cache is corrupt (checksum differs); decoding again")
         return None
     return arr
 
 
-def cached_images(source, cache_dir=None, n_threads=None, progress=None):
-    """The source's images as a read-only memory-mapped (N, 64, 64, 3) uint8 array.
+def _make_cache_dir(cache_dir):
+    try: cache_dir.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise TheraError("cannot create the cache folder (a file is in the way)", cache_dir) from None
+    except OSError as e: raise TheraError(f"cannot create the cache folder ({e.strerror})", cache_dir) from None
+    if not os.access(cache_dir, os.W_OK): raise TheraError("cache folder is not writable", cache_dir)
 
-    Decoded once into `cache_dir`; reused while the source's names and CRCs (zip) or sizes and
-    mtimes (folder) are unchanged and the array's checksum holds."""
-    cache_dir = Path(cache_dir or default_cache_dir())
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    key = source_key(source)
-    npy, meta_path = cache_dir/f"images-{key}.npy", cache_dir/f"images-{key}.json"
-    arr = _load_valid(npy, meta_path, key, len(source))
-    if arr is not None: return arr
+
+def _write_cache(source, npy, meta_path, key, n_threads, progress):
+    shape = (len(source), *IMAGE_SHAPE)
+    n_bytes = int(np.prod(shape)) + 4096
+    require_free_space(npy.parent, n_bytes, f"decode {len(source)} images into the cache")
 
     def write(tmp):
-        out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(source), IMAGE_SIZE, IMAGE_SIZE, 3))
+        out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
+        # Reserve the blocks now: a memory-mapped write into a sparse file on a full disk is a SIGBUS, not an error.
+        with open(tmp, 'r+b') as f: os.posix_fallocate(f.fileno(), 0, os.path.getsize(tmp))
         _decode_all(source, out, n_threads or os.cpu_count() or 1, progress)
         out.flush()
         crcs = _chunk_crcs(out)
@@ -114,4 +110,22 @@ def cached_images(source, cache_dir=None, n_threads=None, progress=None):
     # The meta file is written inside, before the array lands: a stale meta never vouches for a new array
     # because the array is checked against its checksum on every load.
     atomic_write(npy, write)
+
+
+def cached_images(source, cache_dir=None, n_threads=None, progress=None):
+    """The source's images as a read-only memory-mapped (N, 64, 64, 3) uint8 array.
+
+    Decoded once into `cache_dir`; reused while the source's names and CRCs (zip) or sizes and
+    mtimes (folder) are unchanged and the array's checksum holds. Processes that ask for the same
+    cache at once decode it once: the others wait on its lock, then map it."""
+    cache_dir = Path(cache_dir or default_cache_dir())
+    _make_cache_dir(cache_dir)
+    key = source_key(source)
+    npy, meta_path = cache_dir/f"images-{key}.npy", cache_dir/f"images-{key}.json"
+    arr = _load_valid(npy, meta_path, key, len(source))
+    if arr is not None: return arr
+    with FileLock(cache_dir/f"images-{key}.lock"):
+        clean_stale_temps(cache_dir)
+        arr = _load_valid(npy, meta_path, key, len(source))
+        if arr is None: _write_cache(source, npy, meta_path, key, n_threads, progress)
     return np.load(npy, mmap_mode='r')

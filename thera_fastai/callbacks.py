@@ -1,34 +1,31 @@
-"""Callbacks that decide how a fit runs, not what it computes: memory layout, bf16 autocast, epoch checkpoints."""
-import re
+"""Callbacks of a fold's fit: how it runs (memory layout, bf16 autocast) and what makes it resumable
+(epoch checkpoints with the random state, a history with one row per epoch)."""
+import io, random, re, warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
-from fastai.learner import save_model
 
-from .cache import atomic_write
+from .errors import TheraError
+from .files import atomic_write
 
-__all__ = ['native_bf16', 'BF16Autocast', 'speed_callbacks', 'AtomicCheckpoint', 'checkpoints']
-
-
-def native_bf16():
-    "Whether this machine runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
-    if torch.cuda.is_available(): return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+__all__ = ['BF16Autocast', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint',
+           'rng_states', 'set_rng_states']
 
 
 class BF16Autocast(MixedPrecision):
     """fastai's `MixedPrecision` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
 
     Convolutions and linear layers run in bf16, the weights, loss and optimizer stay fp32; no gradient
-    scaler is needed since bf16 has fp32's range. `load_fold_learner` puts it back on an exported
-    learner, so predictions run in the precision the model was trained and thresholded in."""
+    scaler is needed since bf16 has fp32's range."""
     def __init__(self): super().__init__(amp_mode='bf16')
 
     def before_fit(self):
-        device = (getattr(self.dls, 'device', None) or torch.device('cpu')).type
+        device = torch.device(getattr(self.dls, 'device', None) or 'cpu').type
         self.autocast = torch.autocast(device, dtype=torch.bfloat16)
         self.learn.scaler, self.scales = torch.amp.GradScaler(device, enabled=False), []
 
@@ -38,18 +35,103 @@ def speed_callbacks(channels_last=True, precision='fp32'):
     return [ChannelsLast()] * bool(channels_last) + [BF16Autocast()] * (precision == 'bf16')
 
 
-class AtomicCheckpoint(Callback):
-    "Saves model and optimizer after every epoch as `ckpt-e{epoch}.pth`, atomically, keeping only the newest."
+def rng_states(dls=None):
+    "Every random state a fit draws from: Python's, NumPy's, torch's (CPU and CUDA) and each DataLoader's own."
+    np_state = np.random.get_state()
+    return dict(python=random.getstate(), numpy=[np_state[0], torch.from_numpy(np_state[1].copy()), *_plain(list(np_state[2:]))],
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                loaders=[dl.rng.getstate() for dl in (dls.loaders if dls is not None else [])])
+
+
+def _as_tuple(x): return tuple(_as_tuple(v) for v in x) if isinstance(x, list) else x
+
+
+def set_rng_states(states, dls=None):
+    "Puts back what `rng_states` saved."
+    random.setstate(_as_tuple(states['python']))
+    name, keys, *rest = states['numpy']
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(states['torch'])
+    if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
+    for dl, s in zip(dls.loaders if dls is not None else [], states['loaders']): dl.rng.setstate(_as_tuple(s))
+
+
+def _plain(x):
+    "fastai's `L`, tuples and NumPy scalars as lists and numbers, recursively: a checkpoint loads with `weights_only=True`."
+    if isinstance(x, dict): return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)) or type(x).__name__ == 'L': return [_plain(v) for v in x]
+    return x.item() if isinstance(x, np.generic) else x
+
+
+def _ckpt_bytes(learn, epoch):
+    buf = io.BytesIO()
+    smooth = learn.recorder.smooth_loss  # the logged train_loss: a moving average that runs across epochs
+    state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)])
+    torch.save(dict(epoch=epoch, model=learn.model.state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
+    return buf.getvalue()
+
+
+class EpochCheckpoint(Callback):
+    """After every epoch, saves model, optimizer, every random state and the running train loss as `ckpt-e{epoch}.pth`,
+    atomically, keeping only the newest; on resume they are put back before the next epoch, so a resumed fit equals an
+    uninterrupted one."""
     order = 70
-    def __init__(self, folder): self.folder = Path(folder)
+    def __init__(self, folder, start_epoch=0, resume=None): self.folder, self.start, self.resume = Path(folder), start_epoch, resume
+
+    def before_train(self):
+        if self.resume is None: return
+        set_rng_states(self.resume['rng'], self.dls)
+        self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = self.resume['smooth_loss']
+        self.resume = None
 
     def after_epoch(self):
+        if self.epoch < self.start: return  # an epoch skipped on resume
         path = self.folder/f"ckpt-e{self.epoch}.pth"
-        atomic_write(path, lambda tmp: save_model(tmp, self.learn.model, self.learn.opt, with_opt=True))
-        for old in self.folder.glob('ckpt-e*.pth'):
-            if old != path: old.unlink()
+        data = _ckpt_bytes(self.learn, self.epoch)
+        atomic_write(path, lambda tmp: tmp.write_bytes(data))
+        for _, old in checkpoints(self.folder):
+            if old != path: old.unlink(missing_ok=True)
 
 
 def checkpoints(folder):
     "The `ckpt-e{epoch}.pth` files in `folder` as (epoch, path), newest first."
     return sorted(((int(re.findall(r'\d+', p.stem)[-1]), p) for p in Path(folder).glob('ckpt-e*.pth')), reverse=True)
+
+
+def load_checkpoint(learn, folder):
+    """Loads the newest readable checkpoint in `folder` into `learn`; returns (next epoch, state to resume), (0, None) if none.
+
+    A checkpoint that does not load (cut short, another model) is removed and the next older one tried."""
+    for epoch, path in checkpoints(folder):
+        try:
+            ckpt = torch.load(path, map_location='cpu', weights_only=True)
+            learn.model.load_state_dict(ckpt['model'])
+            learn.create_opt()
+            learn.opt.load_state_dict(ckpt['opt'])
+            return ckpt['epoch'] + 1, ckpt['state']
+        except Exception as e:
+            warnings.warn(f"{path}: checkpoint does not load ({type(e).__name__}: {str(e)[:120]}); removed, trying an older one")
+            path.unlink(missing_ok=True)
+    return 0, None
+
+
+class HistoryCSV(Callback):
+    "Writes `history.csv` after every epoch, atomically: one row per epoch, the rows before `start_epoch` kept from the file."
+    order = 60
+    def __init__(self, path, start_epoch=0):
+        self.path, self.start = Path(path), start_epoch
+        self.rows = read_history(self.path).query('epoch < @start_epoch').to_dict('records') if start_epoch and self.path.exists() else []
+
+    def after_epoch(self):
+        if self.epoch < self.start: return  # an epoch skipped on resume logs nothing
+        names, values = self.recorder.metric_names, self.recorder.log
+        self.rows.append({n: (float(v) if isinstance(v, (float, np.floating, torch.Tensor)) else v) for n, v in zip(names, values)})
+        frame = pd.DataFrame(self.rows)
+        atomic_write(self.path, lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def read_history(path):
+    "A fold's history.csv: one row per epoch with its losses and metrics."
+    try: return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise TheraError(f"history is not a readable CSV ({e})", path) from None

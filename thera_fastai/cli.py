@@ -1,13 +1,22 @@
-"""Command-line entry points: thera-fit, thera-predict, thera-explore."""
-import os, sys, time, warnings
+"""Command-line entry points: thera-fit, thera-predict, thera-report, thera-explore; thin layers over `thera_fastai.api`.
+
+Defaults come from `FitConfig` and `Runtime` (declared once, in config.py); library errors name
+parameters, and are shown here with their flags."""
+import logging, os, sys, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
 from fastcore.script import call_parse, store_true
 
+from .config import FitConfig, Runtime
 from .errors import EXIT_BAD_INPUT, TheraError
+from .inference import TTA_SEED
+from .progress import plural, show_bars
 
-__all__ = ['fit', 'predict', 'explore']
+__all__ = ['fit', 'predict', 'report', 'explore']
+
+# Third-party modules whose deprecation notices are not the user's concern; the package's own warnings always show.
+_NOISY = ('fastai', 'fastcore', 'fasttransform', 'torch', 'timm', 'numpy', 'sklearn', 'plum', 'IPython', 'matplotlib')
 
 
 @contextmanager
@@ -15,7 +24,7 @@ def _friendly(prog):
     "Turns `TheraError` into one line on stderr with exit code 2, and Ctrl-C into a clean stop (exit 130)."
     try: yield
     except TheraError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e.cli_message()}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except KeyboardInterrupt as e:
         detail = str(e) or "Finished work is kept; rerun the same command to resume."
@@ -23,98 +32,121 @@ def _friendly(prog):
         sys.exit(130)
 
 
-def _quiet_warnings():
-    # fastai and torch warn on import about deprecations that are not the user's concern.
-    for cat in (DeprecationWarning, FutureWarning, UserWarning): warnings.filterwarnings('ignore', category=cat)
+def _quiet_third_party():
+    for mod in _NOISY: warnings.filterwarnings('ignore', module=mod)
+    logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime is found" on CPU machines
 
 
 def _require(**args):
     missing = [k for k, v in args.items() if v is None]
-    if missing: raise TheraError(f"--{missing[0]} is required")
+    if missing: raise TheraError("is required", param=missing[0])
 
 
-def _check_writable_file(path):
+def _writable_file(path, param):
     path = Path(path)
     folder = path.parent if str(path.parent) else Path('.')
     if not folder.is_dir(): raise TheraError("output folder does not exist", folder)
     if not os.access(folder, os.W_OK): raise TheraError("output folder is not writable", folder)
-    if path.is_dir(): raise TheraError("output path is a folder, expected a file", path)
+    if path.is_dir(): raise TheraError(f"is a folder, expected a file: {path}", param=param)
     return path
+
+
+_D = FitConfig  # defaults below are FitConfig's and Runtime's own
 
 
 @call_parse
 def fit(
     data:str = None, # The exercise zip or its extracted folder
-    arch:str = 'simple', # Model: simple or resnet18
-    folds:int = 5, # Number of stratified folds
-    epochs:int = None, # Epochs per fold (default: the arch's recipe, 13 for simple: 30 min per fold on 2 bf16 cores)
-    out:str = 'runs/simple', # Output folder for models and reports
+    arch:str = _D.arch, # Model: simple or resnet18
+    folds:int = _D.folds, # Number of stratified folds
+    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe, 13 for simple)
+    out:str = None, # Run folder (default: runs/<arch>)
     fold:int = None, # Train only this fold (0-based)
-    sample:int = None, # Stratified subset of N images, for smoke runs
-    seed:int = 42, # Seed for folds, sampling and initialization
-    bs:int = None, # Batch size (default: the arch's recipe)
-    lr:float = None, # Peak learning rate (default: the arch's recipe)
-    tta:int = 4, # TTA passes for out-of-fold predictions (0 = none)
-    no_weighted:store_true = False, # Plain shuffling instead of the inverse-frequency weighted DataLoader (= --balance none)
-    balance:str = 'sampler', # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
-    no_flip:store_true = False, # No horizontal flip in augmentation
-    schedule:str = 'one_cycle', # LR schedule: one_cycle, step (the seed's StepLR, x0.1 every 10 epochs) or constant
-    label_smoothing:float = 0.0, # BCE label smoothing eps: targets eps/2 and 1-eps/2
-    stem:str = 'nopool', # ResNet-18 stem for 64x64: nopool, default or conv3
-    pretrained:store_true = False, # Start the ResNet from timm's pretrained weights (needs them locally)
-    weights:str = None, # Local resnet18 state-dict file to start from
-    precision:str = 'auto', # bf16 (autocast), fp32, or auto: bf16 where the CPU/GPU runs it natively
+    sample:int = _D.sample, # Stratified subset of N images, for quick runs
+    seed:int = _D.seed, # Seed for folds, sampling, initialization and TTA
+    bs:int = _D.bs, # Batch size (default: the arch's recipe)
+    lr:float = _D.lr, # Peak learning rate (default: the arch's recipe)
+    wd:float = _D.wd, # Weight decay
+    tta:int = _D.tta, # TTA passes for out-of-fold predictions (0 = none)
+    balance:str = _D.balance, # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
+    no_flip:store_true = not _D.flip, # No horizontal flip in augmentation
+    max_rotate:float = _D.max_rotate, # Largest rotation of the augmentation, degrees
+    max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
+    schedule:str = _D.schedule, # LR schedule: one_cycle, step (x0.1 every 10 epochs) or constant
+    label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2
+    stem:str = _D.stem, # ResNet-18 stem for 64x64: nopool (its default), default or conv3
+    pretrained:store_true = _D.pretrained, # Start the ResNet from timm's pretrained weights (needs them locally)
+    weights:str = _D.weights, # Local resnet18 state-dict file to start from
+    device:str = Runtime.device, # auto (a GPU where one is visible), cpu or cuda
+    precision:str = Runtime.precision, # bf16 (autocast), fp32, or auto: bf16 where the device runs it natively
+    threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
     cache:str = None, # Folder for the decoded image cache
-    quiet:store_true = False, # No progress bars, log lines only
+    quiet:store_true = False, # No progress bars (they are off anyway when the output is not a terminal)
 ):
-    "Stratified K-fold training of one arch; writes fold learners, out-of-fold predictions and a CV report."
+    "Stratified K-fold training of one recipe; writes fold weights, out-of-fold predictions and a CV report."
     with _friendly('thera-fit'):
         _require(data=data)
-        _quiet_warnings()
-        from .cv import cross_validate
-        from .training import FitConfig
-        cfg = FitConfig(arch=arch, folds=folds, epochs=epochs, bs=bs, lr=lr, seed=seed, balance='none' if no_weighted else balance,
-                        flip=not no_flip, schedule=schedule, label_smoothing=label_smoothing, tta=tta, sample=sample,
-                        stem=stem, pretrained=pretrained or weights is not None, weights=weights, precision=precision)
-        summary = cross_validate(data, out, cfg, only_fold=fold, cache_dir=cache, quiet=quiet)
-        if 'pooled' in summary:
-            p = summary['pooled']
-            print(f"pooled out-of-fold HTER {p['at_05']['hter']:.4f} at 0.5, {p['cross_fitted']['hter']:.4f} at a "
-                  f"cross-fitted threshold; best threshold {p['best_threshold']:.4f}; report: {Path(out)/'report.md'}")
+        _quiet_third_party()
+        from .api import fit as fit_run
+        config = dict(arch=arch, folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
+                      balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
+                      label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights)
+        summary = fit_run(data, out, fold=fold, cache=cache, device=device, precision=precision, threads=threads,
+                          bars=show_bars(quiet), **config)
+        _print_summary(summary, out or Path('runs')/arch)
+
+
+def _print_summary(summary, out):
+    if 'pooled' not in summary: return
+    p, n = summary['pooled'], len(summary['folds'])
+    print(f"pooled out-of-fold HTER over {plural(n, 'fold')}: {p['at_05']['hter']:.4f} at 0.5, {p['cross_fitted']['hter']:.4f} "
+          f"at a cross-fitted threshold; best threshold {p['best_threshold']:.4f}; report: {Path(out)/'report.md'}")
 
 
 @call_parse
 def predict(
-    models:str = None, # A thera-fit output folder
+    models:str = None, # A thera-fit run folder
     data:str = None, # The dataset (uses val_img/), its zip, or any folder of JPEGs
     out:str = 'label_val.txt', # The label file to write
     tta:int = None, # TTA passes per model (0 = none; default: the run's own, which its thresholds were picked with)
     votes:str = None, # CSV of each model's probability and vote (default: next to --out)
+    partial:store_true = False, # Vote over the finished folds when some are missing
+    seed:int = TTA_SEED, # Seed of the TTA augmentation (the same seed writes the same labels)
+    device:str = Runtime.device, # auto, cpu or cuda
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars
 ):
-    "Each fold learner predicts with TTA at its own threshold; the folds vote; writes one 0/1 line per image."
+    "Each fold model predicts with TTA at its own threshold; the folds vote; writes one 0/1 line per image."
     with _friendly('thera-predict'):
         _require(models=models, data=data)
-        _quiet_warnings()
-        from .cache import cached_images
-        from .cv import labelled_bar
-        from .ensemble import load_fold_models, predict_folds, vote, write_labels, write_votes
-        from .source import open_images
+        _quiet_third_party()
+        from .api import predict as predict_run
+        from .ensemble import write_labels, write_votes
         t0 = time.time()
-        out = _check_writable_file(out)
-        votes = _check_writable_file(votes or out.with_name(out.stem + '_votes.csv'))
-        source = open_images(data)
-        images = cached_images(source, cache, progress=None if quiet else labelled_bar('decode'))
-        fold_models, run = load_fold_models(models, images.shape[1:])
-        tta = run['config']['tta'] if tta is None else tta
-        probs, fold_votes = predict_folds(fold_models, images, tta, progress=None if quiet else labelled_bar('models'))
-        final = vote(fold_votes, probs, [m.threshold for m in fold_models])
-        write_votes(votes, source.names, probs, fold_votes, final, [m.fold for m in fold_models])
-        write_labels(out, final, len(source))
-        agree = (fold_votes == fold_votes[0]).all(0).mean()
-        print(f"{len(source)} images, {len(fold_models)} fold models, TTA {tta}: class 0 {1 - final.mean():.2%}, "
-              f"all folds agree on {agree:.2%}; {time.time() - t0:.0f} s. Wrote {out} and {votes}")
+        out = _writable_file(out, 'out')
+        votes = _writable_file(votes or out.with_name(out.stem + '_votes.csv'), 'votes')
+        frame = predict_run(models, data, tta=tta, device=device, partial=partial, cache=cache, seed=seed, bars=show_bars(quiet))
+        write_votes(votes, frame)
+        write_labels(out, frame['label'].to_numpy(), len(frame))
+        cols = [c for c in frame if c.startswith('vote_fold')]
+        agree = (frame[cols].nunique(axis=1) == 1).mean()
+        print(f"{plural(len(frame), 'image')}, {plural(frame.attrs['n_models'], 'fold model')}, TTA {frame.attrs['tta']}: "
+              f"class 0 {1 - frame['label'].mean():.2%}, all folds agree on {agree:.2%}; {time.time() - t0:.0f} s. "
+              f"Wrote {out} and {votes}")
+
+
+@call_parse
+def report(
+    run:str, # A thera-fit run folder
+):
+    "Gathers the finished folds of a run (trained by one process or many) into report.json, report.md and its PNGs."
+    with _friendly('thera-report'):
+        _quiet_third_party()
+        from .api import report as report_run
+        summary = report_run(run)
+        state = 'complete' if summary['complete'] else f"partial: {len(summary['folds'])} of {summary['config']['folds']} folds finished"
+        print(f"{run}: {state}")
+        _print_summary(summary, run)
 
 
 @call_parse
@@ -128,7 +160,6 @@ def explore(
     "Counts, class balance, image sizes and pixel statistics, and a PNG grid of samples per class."
     with _friendly('thera-explore'):
         _require(data=data)
-        _quiet_warnings()
-        from .explore import explore_dataset
-        print(explore_dataset(data, _check_writable_file(out), n, cache, seed))
-
+        _quiet_third_party()
+        from .api import explore as explore_data
+        print(explore_data(data, _writable_file(out, 'out'), n, cache, seed))

@@ -1,5 +1,6 @@
 """fastai DataBlocks over the uint8 image cache: stratified folds, batch augmentation, a weighted DataLoader."""
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -10,43 +11,38 @@ from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorCategory, TensorImage
 from fastai.vision.augment import AffineCoordTfm, _draw_mask, affine_mat, aug_transforms
 from fasttransform import Transform
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from .cache import IMAGE_SHAPE, decode_jpeg
 from .errors import TheraError
+from .files import short_hash
 
 __all__ = ['CachedImages', 'RowLabels', 'CacheDL', 'RandomShift', 'fold_splits', 'class_weights', 'image_stats',
-           'batch_augmentations', 'thera_datablock', 'fold_dataloaders', 'images_dl']
+           'batch_augmentations', 'thera_datablock', 'fold_dataloaders', 'images_dl', 'placeholder_dataloaders',
+           'sample_rows', 'data_key']
 
 
 class CachedImages(Transform):
-    "Row index -> `TensorImage` (C, H, W) uint8 from an (N, H, W, C) array; pickles as its file path only."
-    def __init__(self, images):
-        self.images, self.path = images, getattr(images, 'filename', None)
+    """Row index -> `TensorImage` (C, H, W) uint8 from an (N, H, W, C) array.
 
-    def encodes(self, row): return TensorImage(torch.from_numpy(np.array(self.images[row])).permute(2, 0, 1))
+    A JPEG path or an (H, W, C) uint8 array is taken as the image itself: `learn.predict('face.jpg', rm_type_tfms=0)`."""
+    def __init__(self, images): self.images = images
+
+    def encodes(self, item):
+        if isinstance(item, (str, Path)): img = decode_jpeg(Path(item).read_bytes(), item)
+        elif isinstance(item, np.ndarray) and item.ndim == 3: img = item
+        else: img = self.images[item]
+        return TensorImage(torch.from_numpy(np.array(img)).permute(2, 0, 1))
 
     def gather(self, rows):
         "A whole batch at once: (B, C, H, W) uint8, laid out channels-last like the cache, without a copy per item."
         return TensorImage(torch.from_numpy(self.images[np.asarray(rows)]).permute(0, 3, 1, 2))
 
-    def __getstate__(self):
-        # An exported learner must not carry the images: the cache is reopened from its path, if any.
-        state = {k: v for k, v in self.__dict__.items() if k != 'images'}
-        state['images'] = None
-        return state
-
-    def __setstate__(self, state):
-        self.__dict__.update(state)
-        if self.images is None and self.path is not None:
-            try: self.images = np.load(self.path, mmap_mode='r')
-            except OSError: pass
-
 
 class RowLabels(Transform):
-    "Row index -> its 0/1 label; the labels are not pickled with an exported learner."
+    "Row index -> its 0/1 label."
     def __init__(self, labels): self.labels = labels
     def encodes(self, row): return int(self.labels[row])
-    def __getstate__(self): return {k: (None if k == 'labels' else v) for k, v in self.__dict__.items()}
 
 
 def _find_tfm(pipeline, cls):
@@ -62,7 +58,7 @@ class CacheDL(WeightedDL):
         items = np.asarray(self.dataset.items if hasattr(self.dataset, 'items') else self.dataset.tls[0].items)
         get_x = _find_tfm(self.dataset.tls[0].tfms, CachedImages)
         get_y = _find_tfm(self.dataset.tls[1].tfms, RowLabels) if len(self.dataset.tls) > 1 else None
-        if get_x is None: yield from super().create_batches(samps); return
+        if get_x is None or items.dtype.kind not in 'iu': yield from super().create_batches(samps); return
         samps = np.fromiter(samps, dtype=np.int64)
         stop = len(samps) - len(samps) % self.bs if self.drop_last else len(samps)
         for start in range(0, stop, self.bs):
@@ -74,10 +70,10 @@ class CacheDL(WeightedDL):
 def fold_splits(labels, n_folds, seed=42):
     "Stratified K-fold (train_idx, valid_idx) pairs, fixed by `seed`."
     labels = np.asarray(labels)
-    if n_folds < 2: raise TheraError(f"--folds must be at least 2 (got {n_folds})")
+    if n_folds < 2: raise TheraError(f"must be at least 2 (got {n_folds})", param='folds')
     smallest = np.bincount(labels, minlength=2).min()
     if n_folds > smallest:
-        raise TheraError(f"--folds {n_folds} is more than the {smallest} images of the rarer class: each fold needs one")
+        raise TheraError(f"{n_folds} is more than the {smallest} images of the rarer class: each fold needs one", param='folds')
     skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     return list(skf.split(np.zeros(len(labels)), labels))
 
@@ -90,7 +86,7 @@ def class_weights(labels):
 
 
 def image_stats(images, rows=None, n=5000, seed=0):
-    "Per-channel mean and std (0-1 scale) over up to `n` rows of the cache."
+    "Per-channel mean and std (0-1 scale) over up to `n` rows of the cache (all rows when `rows` is None)."
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
     x = images[rows].reshape(-1, images.shape[-1]).astype(np.float64) / 255
@@ -126,7 +122,7 @@ def thera_datablock(images, labels, valid_idx, stats, flip=True, max_rotate=5.0,
                      batch_tfms=[*aug, Normalize.from_stats(*stats, cuda=False)])
 
 
-def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True, stats=None, fast=True, **aug):
+def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True, stats=None, fast=True, device=None, **aug):
     """Train/valid `DataLoaders` for one fold over `train_idx + valid_idx` rows.
 
     `weighted` samples the training rows with inverse class frequency (with replacement, one
@@ -137,7 +133,33 @@ def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True
     dblock = thera_datablock(images, labels, np.arange(len(train_idx), len(rows)), stats, **aug)
     wgts = class_weights(np.asarray(labels)[train_idx]) if weighted else None
     return dblock.dataloaders(rows, bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
-                              num_workers=0)
+                              num_workers=0, device=device)
+
+
+def placeholder_dataloaders(stats, bs=128, device=None, **aug):
+    """Fold `DataLoaders` with a fold's transforms and normalization `stats` over two blank images.
+
+    What a rebuilt learner holds when no training data is given: enough for `predict`, `tta`,
+    `get_preds` and `test_dl` on new images, which bring their own."""
+    images, labels = np.zeros((2, *IMAGE_SHAPE), np.uint8), np.array([0, 1], np.int8)
+    return fold_dataloaders(images, labels, np.array([0]), np.array([1]), bs=bs, weighted=False, stats=stats,
+                            device=device, **aug)
+
+
+def sample_rows(labels, n, seed):
+    "A stratified subset of `n` rows (all rows when `n` is None), sorted."
+    rows = np.arange(len(labels))
+    if n is None or n == len(labels): return rows
+    if n > len(labels): raise TheraError(f"{n} is larger than the {len(labels)} labelled images", param='sample')
+    if n < 4: raise TheraError(f"{n} is too small to split into folds", param='sample')
+    sub, _ = train_test_split(rows, train_size=n, stratify=labels, random_state=seed)
+    return np.sort(sub)
+
+
+def data_key(images_key, labels, rows):
+    "A hash of the training data a fit saw: the cache key, the labels and the rows used."
+    return short_hash(images_key.encode(), np.ascontiguousarray(labels, dtype=np.int8).tobytes(),
+                      np.ascontiguousarray(rows, dtype=np.int64).tobytes())
 
 
 def images_dl(dls, images, bs=None):

@@ -1,60 +1,58 @@
-"""The fold ensemble: each fold's exported learner predicts with TTA at its own threshold, then the folds vote."""
-import json
+"""The fold ensemble: each fold's learner predicts with TTA at its own threshold, then the folds vote."""
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from .cache import atomic_write
+from .cache import IMAGE_SHAPE
 from .data import images_dl
 from .errors import TheraError
-from .inference import predict_probs
+from .files import atomic_write, read_json
+from .inference import TTA_SEED, predict_probs
+from .learner import FOLD_FILE, load_fold_learner
+from .runs import fold_dir, fold_done, open_run
 
-__all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'vote', 'write_labels', 'write_votes']
+__all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'vote', 'votes_frame', 'write_labels', 'write_votes']
 
 
 class FoldModel:
-    "One fold's exported learner with the threshold chosen on its own out-of-fold rows."
+    "One fold's learner with the threshold chosen on its own out-of-fold rows."
     def __init__(self, fold, learn, threshold): self.fold, self.learn, self.threshold = fold, learn, threshold
 
-    def predict(self, images, tta=4, bs=512):
+    def predict(self, images, tta=4, bs=512, seed=TTA_SEED):
         "P(class 1) for every row of the (N, H, W, C) uint8 `images`; `tta` augmented passes blended with a plain one."
-        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta)
+        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta, seed)
 
 
-def _check_imports():
-    # load_learner hides a failed import of the model's library behind an UnboundLocalError: check first.
-    try: import timm  # noqa: F401
-    except ImportError: raise TheraError("timm is not installed; pip install thera_fastai's requirements") from None
+def load_fold_models(run_dir, device='auto', partial=False, precision=None):
+    """The fold models of run folder `run_dir` (a `thera-fit` output), rebuilt on `device`.
 
-
-def load_fold_models(models_dir, image_shape=(64, 64, 3)):
-    "Every finished fold under `models_dir` (a `thera-fit --out` folder), checked to come from one run that fits `image_shape`."
-    from .training import load_fold_learner
-    models_dir = Path(models_dir)
-    if not models_dir.is_dir(): raise TheraError("models folder does not exist", models_dir)
-    cfg_path = models_dir/'config.json'
-    if not cfg_path.exists(): raise TheraError("no config.json: not a thera-fit output folder", models_dir)
-    run = json.loads(cfg_path.read_text())
-    if list(run['config']['image_size']) != list(image_shape):
-        raise TheraError(f"models were trained on {tuple(run['config']['image_size'])} images, the data is {tuple(image_shape)}", cfg_path)
-    _check_imports()
-    models = []
-    for fold_dir in sorted(models_dir.glob('fold*'), key=lambda p: int(p.name[4:]) if p.name[4:].isdigit() else -1):
-        done = fold_dir/'done.json'
-        if not done.exists() or not (fold_dir/'model.pkl').exists(): continue
-        res = json.loads(done.read_text())
-        if res.get('run_id') != run['run_id']:
-            raise TheraError(f"learner comes from another run than {cfg_path} (different arch or config)", fold_dir/'model.pkl')
-        try: learn = load_fold_learner(fold_dir/'model.pkl', run['config'])
-        except Exception as e: raise TheraError(f"cannot load the learner ({type(e).__name__}: {e})", fold_dir/'model.pkl') from None
-        models.append(FoldModel(int(fold_dir.name[4:]), learn, res['threshold']))
-    if not models: raise TheraError("holds no finished fold learner (fold*/model.pkl with done.json)", models_dir)
+    Every fold must be finished and come from the run in `config.json`; `partial=True` takes the
+    finished ones when some are missing. Returns (models, run)."""
+    run_dir = Path(run_dir)
+    run = open_run(run_dir)
+    if tuple(run['config']['image_size']) != IMAGE_SHAPE:
+        raise TheraError(f"models were trained on {tuple(run['config']['image_size'])} images, this version reads {IMAGE_SHAPE}", run_dir/'config.json')
+    models, missing = [], []
+    for k in range(run['config']['folds']):
+        folder = fold_dir(run_dir, k)
+        if not (folder/FOLD_FILE).exists(): missing.append(k); continue
+        info = fold_done(folder, run['run_id'])
+        if info is None:
+            other = read_json(folder/FOLD_FILE, 'fold file').get('run_id') != run['run_id']   # an unreadable file says so here
+            raise TheraError("fold comes from another run than config.json" if other else
+                             "fold's files changed since it finished (weights, oof.csv or history.csv)", folder/FOLD_FILE)
+        models.append(FoldModel(k, load_fold_learner(folder, device=device, precision=precision), info['threshold']))
+    if not models: raise TheraError("holds no finished fold (fold*/fold.json)", run_dir)
+    if missing and not partial:
+        raise TheraError(f"fold{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {run['config']['folds']} "
+                         "not finished: finish them, or pass partial to vote over the finished ones", run_dir)
     return models, run
 
 
-def predict_folds(models, images, tta=4, progress=None):
+def predict_folds(models, images, tta=4, progress=None, seed=TTA_SEED):
     "(K, N) probabilities and 0/1 votes of the K fold models on `images`."
-    probs = np.stack([m.predict(images, tta) for m in (progress(models) if progress else models)])
+    probs = np.stack([m.predict(images, tta, seed=seed) for m in (progress(models) if progress else models)])
     votes = np.stack([p >= m.threshold for p, m in zip(probs, models)]).astype(np.int8)
     return probs, votes
 
@@ -67,6 +65,15 @@ def vote(votes, probs, thresholds):
     return np.where(share > 0.5, 1, np.where(share < 0.5, 0, (margin >= 0).astype(int))).astype(np.int8)
 
 
+def votes_frame(names, models, probs, votes):
+    "One row per image: its name, each fold's probability and vote, the mean probability and the final label."
+    cols = {'image': list(names)}
+    cols.update({f"prob_fold{m.fold}": p for m, p in zip(models, probs)})
+    cols.update({f"vote_fold{m.fold}": v for m, v in zip(models, votes)})
+    cols.update(mean_prob=probs.mean(0), label=vote(votes, probs, [m.threshold for m in models]))
+    return pd.DataFrame(cols)
+
+
 def write_labels(path, labels, n_images):
     "Writes one 0/1 line per image, atomically; refuses a line count that differs from the number of images."
     labels = np.asarray(labels)
@@ -74,10 +81,6 @@ def write_labels(path, labels, n_images):
     atomic_write(path, lambda tmp: tmp.write_text(''.join(f"{int(v)}\n" for v in labels)))
 
 
-def write_votes(path, names, probs, votes, final, folds):
-    "A CSV of each image's per-fold probability and vote, the mean probability and the final label."
-    head = ['image'] + [f"prob_fold{k}" for k in folds] + [f"vote_fold{k}" for k in folds] + ['mean_prob', 'label']
-    mean = probs.mean(0)
-    rows = [','.join([n, *(f"{p:.5f}" for p in probs[:, i]), *(str(v) for v in votes[:, i]), f"{mean[i]:.5f}", str(final[i])])
-            for i, n in enumerate(names)]
-    atomic_write(path, lambda tmp: tmp.write_text('\n'.join([','.join(head), *rows]) + '\n'))
+def write_votes(path, frame):
+    "The `votes_frame` as CSV, atomically."
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format='%.5f'))

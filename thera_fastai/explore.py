@@ -1,7 +1,10 @@
 """A first look at the exercise: counts, class balance, sizes, pixel statistics and a grid of samples."""
 import numpy as np
 
-from .cache import atomic_write, cached_images
+from .cache import cached_images
+from .data import image_stats
+from .errors import TheraError
+from .plots import pyplot, save_figure
 from .source import open_dataset
 
 __all__ = ['dataset_table', 'sample_grid', 'explore_dataset', 'label_conflicts']
@@ -12,21 +15,20 @@ CLASS_NAMES = {0: 'class 0: occluded (hat, cap, glasses...)', 1: 'class 1: clean
 def dataset_table(ds, images):
     "A plain-text table of counts, class balance, image size and per-channel pixel statistics."
     counts = np.bincount(ds.labels, minlength=2)
-    x = images[:: max(1, len(images) // 5000)].reshape(-1, 3) / 255
+    mean, std = image_stats(images)
     rows = [('train images', f"{len(ds.train)}"), ('val images', f"{len(ds.val) if ds.val else 0}"),
             ('class 0 (occluded)', f"{counts[0]} ({counts[0] / counts.sum():.1%})"),
             ('class 1 (clean)', f"{counts[1]} ({counts[1] / counts.sum():.1%})"),
             ('image size', f"{images.shape[2]}x{images.shape[1]} {images.shape[3]} channels, all checked at decode"),
-            ('pixel mean R,G,B', ', '.join(f"{v:.3f}" for v in x.mean(0))),
-            ('pixel std R,G,B', ', '.join(f"{v:.3f}" for v in x.std(0)))]
+            ('pixel mean R,G,B', ', '.join(f"{v:.3f}" for v in mean) + ' (5,000 random images)'),
+            ('pixel std R,G,B', ', '.join(f"{v:.3f}" for v in std))]
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
 def sample_grid(images, labels, path, n=8, seed=0, title=None):
     "Saves a PNG with one row of `n` random images per class, labelled."
-    import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2), squeeze=False)
     for c in (0, 1):
@@ -37,12 +39,12 @@ def sample_grid(images, labels, path, n=8, seed=0, title=None):
         axes[c, 0].set_ylabel(CLASS_NAMES[c].split(':')[0], fontsize=9)
     fig.suptitle(title or "Random training images per class (row 0: occluded, row 1: clean)", fontsize=10)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110))
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def explore_dataset(data, out, n=8, cache=None, seed=0):
     "Opens and checks the dataset, decodes it, writes the sample grid to `out`; returns the table."
+    if not isinstance(n, int) or n < 1: raise TheraError(f"must be at least 1 (got {n!r})", param='n')
     ds = open_dataset(data)
     images = cached_images(ds.train, cache)
     sample_grid(images, ds.labels, out, n, seed)
@@ -51,8 +53,8 @@ def explore_dataset(data, out, n=8, cache=None, seed=0):
 
 def label_conflicts(images, labels):
     "Groups of byte-identical images, as (rows, labels) pairs, whose labels disagree: suspects of label noise."
-    import hashlib
+    from .files import short_hash
     groups = {}
-    for i in range(len(images)): groups.setdefault(hashlib.blake2b(images[i].tobytes(), digest_size=12).digest(), []).append(i)
+    for i in range(len(images)): groups.setdefault(short_hash(images[i].tobytes()), []).append(i)
     dups = [rows for rows in groups.values() if len(rows) > 1]
     return [(rows, [int(labels[r]) for r in rows]) for rows in dups if len({int(labels[r]) for r in rows}) > 1], len(dups)

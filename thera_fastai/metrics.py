@@ -3,6 +3,8 @@
 Convention (the seed's): class 1, a clean face, is "accepted"; class 0, an occluded face, is the
 impostor. FAR = share of class-0 images predicted 1; FRR = share of class-1 images predicted 0;
 HTER = (FAR + FRR) / 2 = 1 - balanced accuracy."""
+from functools import partial
+
 import numpy as np
 from fastai.metrics import AccumMetric
 from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
@@ -64,33 +66,23 @@ def auc(probs, targs):
     return float(roc_auc_score(t, p)) if len(np.unique(t)) == 2 else float('nan')
 
 
-class _OnLogits:
-    "Calls `f(P(class 1), targs, **kwargs)` on one-logit model outputs; a class so exported learners pickle it by name."
-    def __init__(self, func, **kwargs): self.func, self.kwargs = func, kwargs
-    def __call__(self, preds, targs): return self.func(_prob(preds), targs, **self.kwargs)
+def _on_logits(func, preds, targs, **kwargs): return func(_prob(preds), targs, **kwargs)
 
 
-def _metric(f, name, **kwargs): return AccumMetric(_OnLogits(f, **kwargs), to_np=True, flatten=True, name=name)
+def _metric(f, name, **kwargs): return AccumMetric(partial(_on_logits, f, **kwargs), to_np=True, flatten=True, name=name)
 
 
-def HTER(thresh=0.5):
-    "HTER at `thresh` as a fastai metric over one-logit outputs (lower is better)."
-    return _metric(hter, 'hter', thresh=thresh)
+def _at_threshold(f, doc):
+    "A factory of fastai metrics computing `f` at a threshold on one-logit outputs."
+    def make(thresh=0.5): return _metric(f, f.__name__, thresh=thresh)
+    make.__doc__, make.__name__ = doc, f.__name__.upper()
+    return make
 
 
-def FAR(thresh=0.5):
-    "FAR (class 0 accepted) as a fastai metric (lower is better)."
-    return _metric(far, 'far', thresh=thresh)
-
-
-def FRR(thresh=0.5):
-    "FRR (class 1 rejected) as a fastai metric (lower is better)."
-    return _metric(frr, 'frr', thresh=thresh)
-
-
-def BalancedAcc(thresh=0.5):
-    "Balanced accuracy = 1 - HTER as a fastai metric."
-    return _metric(balanced_acc, 'balanced_acc', thresh=thresh)
+HTER = _at_threshold(hter, "HTER at `thresh` as a fastai metric over one-logit outputs (lower is better).")
+FAR = _at_threshold(far, "FAR (class 0 accepted) as a fastai metric (lower is better).")
+FRR = _at_threshold(frr, "FRR (class 1 rejected) as a fastai metric (lower is better).")
+BalancedAcc = _at_threshold(balanced_acc, "Balanced accuracy = 1 - HTER as a fastai metric.")
 
 
 def AUC():

@@ -2,7 +2,9 @@
 import torch
 from torch import nn
 
-__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'resnet18_64', 'RESNET_STEMS', 'create_model']
+from .errors import TheraError
+
+__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'resnet18_64', 'RESNET_STEMS', 'ARCHS', 'create_model']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
 DEFAULT_HEAD = (64, 128)
@@ -54,10 +56,6 @@ def simple_cnn(widths=DEFAULT_WIDTHS, head=DEFAULT_HEAD, padding_mode='zeros', *
 RESNET_STEMS = ('default', 'nopool', 'conv3')
 
 
-class _NoPool(nn.Identity):
-    "Stands in for the stem max-pool (picklable, unlike a lambda)."
-
-
 def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
     """A timm ResNet-18 with one logit and a stem altered for 64x64 input.
 
@@ -66,14 +64,13 @@ def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
     stride-1 conv and removes the pool (8x8 final map, CIFAR-style). `pretrained=True` asks timm
     for its weights (needs the hub); `weights` is a local state-dict file loaded instead."""
     import timm
-    from .errors import TheraError
     if stem not in RESNET_STEMS: raise TheraError(f"unknown ResNet stem {stem!r}: use default, nopool or conv3")
     try: model = timm.create_model('resnet18', pretrained=pretrained and weights is None, num_classes=1, in_chans=n_in)
     except Exception as e:
         raise TheraError(f"timm could not get pretrained resnet18 weights ({type(e).__name__}); "
                          "pass --weights FILE with a local state dict, or train without --pretrained") from None
     if weights is not None: _load_backbone(model, weights)
-    if stem in ('nopool', 'conv3'): model.maxpool = _NoPool()
+    if stem in ('nopool', 'conv3'): model.maxpool = nn.Identity()
     if stem == 'conv3':
         model.conv1 = nn.Conv2d(n_in, 64, 3, stride=1, padding=1, bias=False)
     return model
@@ -81,7 +78,6 @@ def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
 
 def _load_backbone(model, path):
     "Loads a local timm resnet18 state dict, skipping the classifier (it has 1000 outputs there)."
-    from .errors import TheraError
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise TheraError(f"{path}: cannot read weights ({e})") from None
     state = {k: v for k, v in state.items() if not k.startswith('fc.')}
@@ -90,9 +86,9 @@ def _load_backbone(model, path):
         raise TheraError(f"{path}: not a resnet18 state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
+ARCHS = {'simple': simple_cnn, 'resnet18': resnet18_64}
+
+
 def create_model(arch, **kwargs):
-    "Builds `arch` ('simple' or 'resnet18') from its keyword arguments."
-    if arch == 'simple': return simple_cnn(**kwargs)
-    if arch == 'resnet18': return resnet18_64(**kwargs)
-    from .errors import TheraError
-    raise TheraError(f"unknown arch {arch!r}: use simple or resnet18")
+    "Builds `arch` (a key of `ARCHS`, checked by `FitConfig`) from its keyword arguments."
+    return ARCHS[arch](**kwargs)

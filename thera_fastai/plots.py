@@ -5,25 +5,29 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
-from .cache import atomic_write
+from .callbacks import read_history
+from .files import atomic_write
 
-__all__ = ['plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'read_history', 'top_losses', 'plot_top_losses']
+__all__ = ['pyplot', 'save_figure', 'plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'plot_top_losses']
 
 
-def _plt():
-    import matplotlib; matplotlib.use('Agg')
+def pyplot():
+    "matplotlib's pyplot on the file-only Agg backend unless a notebook already chose one."
+    import matplotlib
+    if 'inline' not in matplotlib.get_backend(): matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, path):
+def save_figure(fig, path):
+    "Saves `fig` as a PNG, atomically, and closes it."
     atomic_write(path, lambda tmp: fig.savefig(tmp, format='png', dpi=110, bbox_inches='tight'))
-    _plt().close(fig)
+    pyplot().close(fig)
 
 
 def plot_history(histories, path):
     "Training and validation loss, and validation HTER, per epoch for each fold (`histories`: fold -> frame)."
-    plt = _plt()
+    plt = pyplot()
     fig, (ax_loss, ax_hter) = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, h in sorted(histories.items()):
         epochs, color = h['epoch'] + 1, f"C{int(k) % 10}"
@@ -37,13 +41,13 @@ def plot_history(histories, path):
         ax.legend(fontsize=7); ax.grid(alpha=.3)
         ax.set_xticks(range(1, n_epochs + 1)); ax.set_xlim(0.5, n_epochs + 0.5)
     fig.tight_layout(w_pad=2)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_roc(probs, targs, threshold, path):
     "Pooled out-of-fold ROC as FAR vs 1-FRR, with the chosen threshold marked."
     from sklearn.metrics import roc_auc_score, roc_curve
-    plt = _plt()
+    plt = pyplot()
     fpr, tpr, _ = roc_curve(targs, probs)
     far, frr = metrics.far(probs, targs, threshold), metrics.frr(probs, targs, threshold)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
@@ -52,12 +56,12 @@ def plot_roc(probs, targs, threshold, path):
     ax.plot([0, 1], [0, 1], ':', color='grey')
     ax.set(xlabel='FAR (class 0 accepted)', ylabel='1 - FRR (class 1 accepted)', title='Pooled out-of-fold ROC')
     ax.legend(fontsize=7, loc='lower right'); ax.grid(alpha=.3)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_confusion(probs, targs, threshold, path):
     "Confusion matrix of the pooled out-of-fold predictions at `threshold`, counts and row shares."
-    plt = _plt()
+    plt = pyplot()
     from sklearn.metrics import confusion_matrix
     cm = confusion_matrix(targs, probs >= threshold, labels=[0, 1])
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
@@ -68,19 +72,7 @@ def plot_confusion(probs, targs, threshold, path):
             ax.text(p, t, f"{cm[t, p]}\n{share:.1%}", ha='center', va='center', color='white' if share > .5 else 'black')
     ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=['0 occluded', '1 clean'], yticklabels=['0 occluded', '1 clean'],
            xlabel='predicted', ylabel='label', title=f"Out-of-fold, threshold {threshold:.3f}")
-    _save(fig, path)
-
-
-def read_history(path):
-    """A fold's history.csv as numbers, one row per epoch.
-
-    A resumed fold's file repeats the header line, and an epoch logged just before a kill but not
-    checkpointed is logged again on resume: the header is dropped and the later row kept. Epochs
-    skipped on resume are logged by fastai as "epoch,time" only: those rows are dropped."""
-    h = pd.read_csv(path)
-    h = h[(h['epoch'].astype(str) != 'epoch') & h['valid_loss'].notna()]
-    h = h.assign(**{c: pd.to_numeric(h[c]) for c in h.columns if c != 'time'})
-    return h.drop_duplicates('epoch', keep='last').reset_index(drop=True)
+    save_figure(fig, path)
 
 
 def write_plots(out, oof, threshold):
@@ -102,7 +94,7 @@ def top_losses(oof, n=16, prob='prob_tta'):
 
 def plot_top_losses(images, top, path, cols=8):
     "A grid of the `top` rows' images titled with label, P(class 1) and loss."
-    plt = _plt()
+    plt = pyplot()
     rows = -(-len(top) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.8 * rows), squeeze=False)
     for ax in axes.ravel(): ax.axis('off')
@@ -111,4 +103,4 @@ def plot_top_losses(images, top, path, cols=8):
         ax.set_title(f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}", fontsize=7)
     fig.suptitle('Top out-of-fold losses (y = label, p = P(clean face))', fontsize=9)
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)

@@ -1,5 +1,8 @@
-"""Finding the exercise's images and labels in a zip or a folder, and checking them."""
-import re, zipfile
+"""Finding the exercise's images and labels in a zip or a folder, and checking them.
+
+A zip and a folder are read through one interface (`members`, `read`, `fingerprint`), so the
+layout checks are written once for both."""
+import os, re, zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,36 +14,64 @@ __all__ = ['ImageSource', 'Dataset', 'open_dataset', 'open_images', 'read_labels
 
 IMAGE_EXTS = ('.jpg', '.jpeg')
 TRAIN_DIR, VAL_DIR, LABEL_FILE = 'train_img', 'val_img', 'label_train.txt'
+LAYOUT = f"expected {LABEL_FILE}, {TRAIN_DIR}/, {VAL_DIR}/"
 _NUMBERED = re.compile(r'^(\d+)\.jpe?g$', re.IGNORECASE)
+
+
+class _Zip:
+    "A zip's members; the archive is parsed once and its reads are thread-safe."
+    sep = '!'
+    def __init__(self, path):
+        self.path = path
+        try: self.zf = zipfile.ZipFile(path)
+        except (zipfile.BadZipFile, OSError) as e: raise TheraError(f"not a readable zip ({e})", path) from None
+    def members(self): return [m for m in self.zf.namelist() if '__MACOSX' not in m]
+    def read(self, member): return self.zf.read(member)
+    def fingerprint(self, member): return self.zf.getinfo(member).CRC
+
+
+class _Folder:
+    "The files of a folder (and its folders, as 'name/'), up to three levels deep: the folder above the exercise's, the exercise's, its image folders."
+    sep = '/'
+    def __init__(self, path): self.path = path
+    def members(self):
+        out = []
+        for top, dirs, files in os.walk(self.path):
+            rel = os.path.relpath(top, self.path)
+            depth = 0 if rel == '.' else rel.count(os.sep) + 1
+            if depth >= 2: dirs[:] = []
+            prefix = '' if rel == '.' else rel.replace(os.sep, '/') + '/'
+            out += [prefix + f for f in files] + [prefix + d + '/' for d in dirs]
+        return out
+    def read(self, member): return (self.path/member).read_bytes()
+    def fingerprint(self, member): s = (self.path/member).stat(); return s.st_size, s.st_mtime_ns
+
+
+def _open(path):
+    path = Path(path).expanduser()
+    if not path.exists(): raise TheraError("does not exist", path)
+    return _Zip(path) if path.is_file() else _Folder(path)
 
 
 @dataclass
 class ImageSource:
-    "JPEG files of one folder, in a zip (`container` is the zip) or on disk (`container` is the folder)."
-    container: Path
-    prefix: str  # folder inside the zip ('' on disk): member name = prefix + name
+    "The JPEG files of one folder of a zip or a folder on disk: member name = `prefix` + file name."
+    container: object = field(repr=False)
+    prefix: str
     names: list = field(default_factory=list)  # file names, in file-name order
 
     @property
-    def is_zip(self): return self.container.is_file()
-    def display(self, name=''): return f"{self.container}{'!' if self.is_zip else '/'}{self.prefix}{name}".rstrip('/')
+    def path(self): return self.container.path
+    @property
+    def is_zip(self): return isinstance(self.container, _Zip)
+    def display(self, name=''): return f"{self.container.path}{self.container.sep}{self.prefix}{name}".rstrip('/!')
     def __len__(self): return len(self.names)
-
-    zip_file: zipfile.ZipFile = field(default=None, repr=False, compare=False)
-
-    def zip(self):
-        "The open zip, parsed once and shared: its reads are thread-safe."
-        if self.zip_file is None: self.zip_file = zipfile.ZipFile(self.container)
-        return self.zip_file
-
     def read(self, name):
         "The bytes of file `name`."
-        return self.zip().read(self.prefix + name) if self.is_zip else (self.container/name).read_bytes()
-
+        return self.container.read(self.prefix + name)
     def fingerprint(self):
         "What identifies this source's content cheaply: names plus zip CRCs, or sizes and mtimes on disk."
-        if self.is_zip: return [(n, self.zip().getinfo(self.prefix + n).CRC) for n in self.names]
-        return [(n, (s := (self.container/n).stat()).st_size, s.st_mtime_ns) for n in self.names]
+        return [(n, self.container.fingerprint(self.prefix + n)) for n in self.names]
 
 
 @dataclass
@@ -69,29 +100,18 @@ def _zero_padded(names):
     return all(len(n) == width and n.endswith(ext) and n[:-len(ext)].isascii() and n[:-len(ext)].isdigit() for n in names)
 
 
-def _open_zip(path):
-    try: return zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError) as e: raise TheraError(f"not a readable zip ({e})", path) from None
+def _folder_source(container, members, prefix):
+    "The images directly inside `prefix` (a folder of the container, '' for its top)."
+    inside = (m[len(prefix):] for m in members if m.startswith(prefix))
+    return ImageSource(container, prefix, _image_names(n for n in inside if '/' not in n))
 
 
-def _zip_root(path, members):
-    "The folder inside the zip that holds `label_train.txt` and `train_img/`."
-    roots = [m[:-len(LABEL_FILE)] for m in members if m.endswith(LABEL_FILE) and '__MACOSX' not in m]
-    for root in roots:
-        if any(m.startswith(root + TRAIN_DIR + '/') for m in members): return root
-    missing = LABEL_FILE if not roots else f"{TRAIN_DIR}/"
-    raise TheraError(f"zip without the expected layout: no {missing} (expected {LABEL_FILE}, {TRAIN_DIR}/, {VAL_DIR}/)", path)
-
-
-def _zip_folder(zf, prefix):
-    members = zf.namelist()
-    names = _image_names(m[len(prefix):] for m in members if m.startswith(prefix) and '/' not in m[len(prefix):])
-    return ImageSource(Path(zf.filename), prefix, names, zf)
-
-
-def _disk_folder(folder):
-    if not folder.is_dir(): raise TheraError("is not a folder", folder)
-    return ImageSource(folder, '', _image_names(p.name for p in folder.iterdir() if p.is_file()))
+def _roots(members, marker):
+    "Folders (as member prefixes, shortest first) that hold `marker` (a file, or a folder when it ends in /)."
+    if marker.endswith('/'): found = {'' if m.startswith(marker) else m[:m.find('/' + marker) + 1]
+                                      for m in members if m.startswith(marker) or f"/{marker}" in m}
+    else: found = {m[:-len(marker)] for m in members if m == marker or m.endswith('/' + marker)}
+    return sorted(found, key=lambda r: (r.count('/'), r))
 
 
 def read_labels(text, where):
@@ -127,57 +147,39 @@ def _check_numbered(source, n_labels, label_where):
         raise TheraError(f"{n_labels} labels but only {len(numbers)} images in {source.display()}", label_where)
 
 
-def open_dataset(path, need_val=False):
-    "Opens the exercise from its zip or extracted folder and checks names and labels against each other."
-    path = Path(path).expanduser()
-    if not path.exists(): raise TheraError("does not exist", path)
-    if path.is_file():
-        zf = _open_zip(path)
-        root = _zip_root(path, zf.namelist())
-        train, val = _zip_folder(zf, root + TRAIN_DIR + '/'), _zip_folder(zf, root + VAL_DIR + '/')
-        has_val = any(m.startswith(root + VAL_DIR + '/') for m in zf.namelist())
-        try: text = zf.read(root + LABEL_FILE).decode('utf-8-sig')
-        except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e: raise TheraError(f"cannot read {LABEL_FILE} ({e})", path) from None
-        label_where = f"{path}!{root}{LABEL_FILE}"
-    else:
-        path = _dataset_folder(path)
-        train = _disk_folder(path/TRAIN_DIR)
-        has_val = (path/VAL_DIR).is_dir()
-        val = _disk_folder(path/VAL_DIR) if has_val else None
-        label_where = path/LABEL_FILE
-        try: text = label_where.read_text(encoding='utf-8-sig')
-        except (OSError, UnicodeDecodeError) as e: raise TheraError(f"cannot read labels ({e})", label_where) from None
-    labels = read_labels(text, label_where)
-    _check_numbered(train, len(labels), label_where)
-    if need_val: _check_val(val if has_val else None, path)
-    return Dataset(path, train, labels, val if has_val else None)
-
-
-def _dataset_folder(path):
-    "The folder itself, or its single exercise subfolder, whichever holds the expected layout."
-    for cand in [path, *sorted(p for p in path.iterdir() if p.is_dir())]:
-        if (cand/LABEL_FILE).is_file() and (cand/TRAIN_DIR).is_dir(): return cand
-    missing = LABEL_FILE if not (path/LABEL_FILE).exists() else f"{TRAIN_DIR}/"
-    raise TheraError(f"folder without the expected layout: no {missing} (expected {LABEL_FILE}, {TRAIN_DIR}/, {VAL_DIR}/)", path)
-
-
 def _check_val(val, where):
     if val is None: raise TheraError(f"no {VAL_DIR}/ folder to predict", where)
     if not len(val): raise TheraError("folder holds no JPEG images", val.display())
 
 
+def open_dataset(path, need_val=False):
+    "Opens the exercise from its zip or extracted folder (or the folder above it) and checks names and labels against each other."
+    container = _open(path)
+    members = container.members()
+    root = next((r for r in _roots(members, LABEL_FILE) if any(m.startswith(r + TRAIN_DIR + '/') for m in members)), None)
+    if root is None:
+        missing = f"{TRAIN_DIR}/" if _roots(members, LABEL_FILE) else LABEL_FILE
+        kind = 'zip' if isinstance(container, _Zip) else 'folder'
+        raise TheraError(f"{kind} without the expected layout: no {missing} ({LAYOUT})", container.path)
+    label_where = f"{container.path}{container.sep}{root}{LABEL_FILE}"
+    try: text = container.read(root + LABEL_FILE).decode('utf-8-sig')
+    except (zipfile.BadZipFile, OSError, UnicodeDecodeError) as e: raise TheraError(f"cannot read labels ({e})", label_where) from None
+    labels = read_labels(text, label_where)
+    train = _folder_source(container, members, root + TRAIN_DIR + '/')
+    _check_numbered(train, len(labels), label_where)
+    has_val = any(m.startswith(root + VAL_DIR + '/') for m in members)
+    val = _folder_source(container, members, root + VAL_DIR + '/') if has_val else None
+    if need_val: _check_val(val, container.path)
+    return Dataset(container.path, train, labels, val)
+
+
 def open_images(path):
-    "Images to predict: a dataset's `val_img/` (zip or folder), or any folder of JPEGs."
-    path = Path(path).expanduser()
-    if not path.exists(): raise TheraError("does not exist", path)
-    if path.is_file():
-        zf = _open_zip(path)
-        root = _zip_root(path, zf.namelist())
-        val = _zip_folder(zf, root + VAL_DIR + '/')
-        _check_val(val if any(m.startswith(root + VAL_DIR + '/') for m in zf.namelist()) else None, path)
-        return val
-    if (path/VAL_DIR).is_dir() or (path/LABEL_FILE).exists(): folder = path/VAL_DIR
-    else: folder = next((c/VAL_DIR for c in sorted(path.iterdir()) if (c/VAL_DIR).is_dir()), path)
-    val = _disk_folder(folder)
-    _check_val(val, path)
+    "Images to predict: the `val_img/` of a dataset zip or folder (with or without its training part), or any folder of JPEGs."
+    container = _open(path)
+    members = container.members()
+    roots = _roots(members, VAL_DIR + '/')
+    if roots: val = _folder_source(container, members, roots[0] + VAL_DIR + '/')
+    elif isinstance(container, _Folder): val = _folder_source(container, members, '')
+    else: val = None
+    _check_val(val, container.path)
     return val

@@ -1,0 +1,57 @@
+"""A full disk: one clear error naming the path, no traceback, no temporary file left; stale temporary files cleaned."""
+import os, subprocess
+
+import numpy as np
+import pytest
+
+from conftest import write_dataset
+import thera_fastai as tf
+from thera_fastai.errors import TheraError
+from thera_fastai.files import atomic_write, clean_stale_temps
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    "A 3 MiB tmpfs (skipped where this process may not mount one)."
+    where = tmp_path/'disk'; where.mkdir()
+    res = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=3m', 'tmpfs', str(where)], capture_output=True, text=True)
+    if res.returncode: pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip()})")
+    yield where
+    subprocess.run(['umount', str(where)])
+
+
+def test_cache_on_a_full_disk_is_one_error_and_leaves_nothing(small_disk, tmp_path):
+    write_dataset(tmp_path/'data', n_train=300, n_val=4)
+    with pytest.raises(TheraError, match=r'not enough space to decode 300 images into the cache: needs 3\.5 MiB, 3\.0 MiB free'):
+        tf.cached_images(tf.open_dataset(tmp_path/'data').train, small_disk/'cache')
+    assert not list((small_disk/'cache').glob('*.tmp')) and not list((small_disk/'cache').glob('*.npy'))
+
+
+def test_a_write_that_fills_the_disk_is_one_error_and_leaves_nothing(small_disk):
+    with pytest.raises(TheraError, match=r'label_val.txt: cannot write \(no space left on the device\)'):
+        atomic_write(small_disk/'label_val.txt', lambda tmp: tmp.write_bytes(os.urandom(4 << 20)))
+    assert not list(small_disk.iterdir())
+
+
+def test_memory_mapped_cache_reserves_its_blocks_first(tmp_path, monkeypatch):
+    "A sparse memory-mapped file on a full disk ends in SIGBUS: the blocks are reserved, and a refusal is an error."
+    import errno, thera_fastai.cache as cache
+    write_dataset(tmp_path/'data', n_train=20, n_val=4)
+    def no_space(fd, offset, length): raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(cache.os, 'posix_fallocate', no_space)
+    with pytest.raises(TheraError, match=r'images-\w+\.npy: cannot write \(no space left on the device\)'):
+        tf.cached_images(tf.open_dataset(tmp_path/'data').train, tmp_path/'cache')
+    assert not list((tmp_path/'cache').glob('*.tmp')) and not list((tmp_path/'cache').glob('*.npy'))
+
+
+def test_stale_temporary_files_of_dead_processes_are_removed(tmp_path):
+    host = os.uname().nodename.replace('.', '_')
+    dead = subprocess.run(['true']).returncode or 2**22 + 7   # a pid no process holds
+    mine = tmp_path/f".model.safetensors.{host}-{os.getpid()}.abc.tmp"
+    stale = tmp_path/f".model.safetensors.{host}-{dead}.abc.tmp"
+    other = tmp_path/".oof.csv.otherhost-12.abc.tmp"
+    for p in (mine, stale, other): p.write_text('x')
+    assert clean_stale_temps(tmp_path) == [stale]
+    assert mine.exists() and other.exists() and not stale.exists()   # another host's file is kept until it is old
+    os.utime(other, (0, 0))
+    assert clean_stale_temps(tmp_path) == [other]

@@ -1,0 +1,142 @@
+"""The run folder: weights and JSON only, a fold rebuilt from them, resume to the same files, runs shared across machines."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+import thera_fastai as tf
+import thera_fastai.training as training
+from conftest import write_dataset
+from thera_fastai.errors import TheraError
+from thera_fastai.runs import fold_lock
+
+FIT = dict(folds=2, epochs=3, bs=16, tta=2, precision='fp32', log=lambda *_: None)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('runs')
+    write_dataset(root/'data', n_train=120, n_val=16)
+    return root/'data'
+
+
+@pytest.fixture(scope='module')
+def reference(data, tmp_path_factory):
+    "Fold 0 of a 2-fold fp32 run, never interrupted."
+    out = tmp_path_factory.mktemp('ref')/'run'
+    tf.fit(data, out, fold=0, **FIT)
+    return out
+
+
+def _same_fold(a, b):
+    ha, hb = (pd.read_csv(r/'fold0'/'history.csv') for r in (a, b))
+    assert list(ha['epoch']) == list(range(FIT['epochs'])) and ha.drop(columns='time').equals(hb.drop(columns='time'))
+    assert (a/'fold0'/'oof.csv').read_bytes() == (b/'fold0'/'oof.csv').read_bytes()
+    assert (a/'fold0'/'model.safetensors').read_bytes() == (b/'fold0'/'model.safetensors').read_bytes()
+
+
+def test_run_folder_holds_weights_and_json_only(reference):
+    files = sorted(p.relative_to(reference).as_posix() for p in reference.rglob('*') if p.is_file() and not p.name.startswith('.'))
+    assert 'fold0/model.safetensors' in files and 'fold0/fold.json' in files and not [f for f in files if f.endswith(('.pkl', '.pth'))]
+    info = json.loads((reference/'fold0'/'fold.json').read_text())
+    assert set(info) >= {'config', 'stats', 'threshold', 'versions', 'runtime'} and info['runtime']['precision'] == 'fp32'
+    assert 'precision' not in json.loads((reference/'config.json').read_text())['config']
+
+
+def test_rebuilt_fold_predicts_what_it_predicted_in_training(reference, data):
+    learn = tf.load_fold_learner(reference/'fold0', device='cpu')
+    oof = pd.read_csv(reference/'fold0'/'oof.csv')
+    images = tf.cached_images(tf.open_dataset(data).train)[oof['row'].to_numpy()]
+    from thera_fastai.data import images_dl
+    from thera_fastai.inference import predict_probs
+    assert np.abs(predict_probs(learn, images_dl(learn.dls, images)) - oof['prob'].to_numpy()).max() < 1e-6
+    assert np.abs(predict_probs(learn, images_dl(learn.dls, images), 2, seed=42) - oof['prob_tta'].to_numpy()).max() < 1e-6
+    _, _, probs = learn.predict(str(data/'val_img'/'000001.jpg'), rm_type_tfms=0)   # fastai's own API on a JPEG path
+    assert probs.shape == (1,) and 0 <= float(probs[0]) <= 1
+
+
+def test_rebuilt_fold_with_data_has_the_folds_rows(reference, data):
+    learn = tf.load_fold_learner(reference/'fold0', data=data)
+    oof = pd.read_csv(reference/'fold0'/'oof.csv')
+    assert len(learn.dls.valid_ds) == len(oof) and len(learn.dls.train_ds) == 120 - len(oof)
+    probs, targs = learn.get_preds()
+    assert np.array_equal(targs.view(-1).numpy(), oof['label'].to_numpy())
+
+
+def test_weights_that_do_not_fit_the_config_are_one_error(reference, tmp_path):
+    import shutil
+    run = tmp_path/'run'; shutil.copytree(reference, run)
+    info = json.loads((run/'fold0'/'fold.json').read_text())
+    info['config']['widths'] = [[8], [16]]
+    (run/'fold0'/'fold.json').write_text(json.dumps(info))
+    with pytest.raises(TheraError, match=r'model.safetensors: weights do not fit the run.s config'): tf.load_fold_learner(run/'fold0')
+
+
+class _Stop(Callback):
+    "Raises KeyboardInterrupt, as a kill would stop the process, at one moment of the fit."
+    order = 99
+    def __init__(self, when): self.when = when
+    def after_batch(self):
+        if self.when == 'mid-epoch' and self.training and self.epoch == 1 and self.iter == 2: raise KeyboardInterrupt
+    def after_epoch(self):
+        if self.when == 'between-epochs' and self.epoch == 1: raise KeyboardInterrupt
+
+
+def _raise(*_, **__): raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize('when, resumes_at', [('mid-epoch', 1), ('between-epochs', 2), ('oof-prediction', 3), ('saving-weights', 3)])
+def test_interrupted_fold_resumes_to_the_same_files(when, resumes_at, data, reference, tmp_path, monkeypatch):
+    fit = training._fit
+    if when in ('mid-epoch', 'between-epochs'):
+        monkeypatch.setattr(training, '_fit', lambda learn, cfg, start, cbs: fit(learn, cfg, start, cbs + [_Stop(when)]))
+    elif when == 'oof-prediction': monkeypatch.setattr(training, 'write_oof', _raise)
+    else: monkeypatch.setattr(training, 'save_weights', _raise)
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, **FIT)
+    assert not (tmp_path/'run'/'fold0'/'fold.json').exists()
+    monkeypatch.undo()
+    summary = tf.fit(data, tmp_path/'run', fold=0, **FIT)
+    assert summary['folds'][0]['resumed_from_epoch'] == resumes_at
+    _same_fold(reference, tmp_path/'run')
+    assert not list((tmp_path/'run').rglob('*.tmp')) and not list((tmp_path/'run').rglob('ckpt-*'))
+
+
+def test_a_run_is_extended_on_a_machine_with_another_precision(data, tmp_path, monkeypatch):
+    import thera_fastai.config as config
+    monkeypatch.setattr(config, 'native_bf16', lambda device='cpu': True)   # a CPU with bf16: auto resolves to bf16
+    args = dict(FIT, epochs=1, tta=0, precision='auto')
+    tf.fit(data, tmp_path/'run', fold=0, **args)
+    monkeypatch.setattr(config, 'native_bf16', lambda device='cpu': False)
+    summary = tf.fit(data, tmp_path/'run', fold=1, **{**args, 'precision': 'fp32'})
+    assert summary['complete'] and [summary['folds'][k]['runtime']['precision'] for k in (0, 1)] == ['bf16', 'fp32']
+    assert '(cpu bf16)' in (tmp_path/'run'/'report.md').read_text() and '(cpu fp32)' in (tmp_path/'run'/'report.md').read_text()
+
+
+def test_another_config_in_the_same_folder_is_refused_before_anything_is_written(reference, data):
+    before = {p: p.stat().st_mtime_ns for p in reference.rglob('*')}
+    with pytest.raises(TheraError, match=r'holds a run with another config \(epochs differ\)'): tf.fit(data, reference, **{**FIT, 'epochs': 1})
+    assert {p: p.stat().st_mtime_ns for p in reference.rglob('*')} == before
+
+
+def test_a_fold_held_by_another_process_is_refused(data, reference, tmp_path):
+    import shutil
+    run = tmp_path/'run'; shutil.copytree(reference, run)
+    with fold_lock(run, 1):
+        with pytest.raises(TheraError, match=r'fold 1 is being trained by \S+ pid \d+; wait for it'): tf.fit(data, run, fold=1, **FIT)
+
+
+def test_predict_refuses_missing_folds_unless_partial(reference, data):
+    with pytest.raises(TheraError, match='fold 1 of 2 not finished'): tf.predict(reference, data)
+    a = tf.predict(reference, data, partial=True)
+    b = tf.predict(reference, data, partial=True)
+    assert list(a.columns) == ['image', 'prob_fold0', 'vote_fold0', 'mean_prob', 'label'] and len(a) == 16
+    assert a.equals(b)   # TTA is seeded: the same call gives the same labels
+
+
+def test_library_errors_name_parameters(data, tmp_path):
+    with pytest.raises(TheraError, match="^epoch is not a fit parameter"): tf.fit(data, tmp_path/'r', epoch=3)
+    with pytest.raises(TheraError, match="^fold 2 is out of range for 2 folds"): tf.fit(data, tmp_path/'r', fold=2, **FIT)
+    assert not (tmp_path/'r').exists()

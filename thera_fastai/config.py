@@ -1,0 +1,141 @@
+"""What a fit computes (`FitConfig`, the run's identity) and how it runs (`Runtime`); every default is declared here."""
+import os, platform
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+from .errors import TheraError
+from .models import ARCHS, RESNET_STEMS
+
+__all__ = ['FitConfig', 'Runtime', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
+
+# Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
+# simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb). Epochs: what fits in 30 minutes per fold
+# on a 2-core bf16 CPU (pooled out-of-fold HTER 0.077 over 5 folds, flat after epoch 10, docs/results.md).
+# The ResNet's lr and epochs are not measured at scale.
+RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4, stem='nopool')}
+PRECISIONS = ('auto', 'bf16', 'fp32')
+SCHEDULES = ('one_cycle', 'step', 'constant')
+BALANCES = ('sampler', 'loss', 'none')
+DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def _choice(value, options, param):
+    if value not in options: raise TheraError(f"must be one of {', '.join(options)} (got {value!r})", param=param)
+
+
+def _at_least(value, low, param, kind=int):
+    if not isinstance(value, kind) or isinstance(value, bool) or value < low:
+        raise TheraError(f"must be {'an integer' if kind is int else 'a number'} of at least {low} (got {value!r})", param=param)
+
+
+@dataclass
+class FitConfig:
+    "Everything that decides what a fit computes: saved with the run, hashed into its identity, compared on resume."
+    arch: str = 'simple'  # Model: simple (the seed's CNN) or resnet18 (timm, stem altered for 64x64)
+    folds: int = 5  # Number of stratified folds
+    epochs: int = None  # Epochs per fold (None: the arch's recipe)
+    bs: int = None  # Batch size (None: the arch's recipe)
+    lr: float = None  # Peak learning rate (None: the arch's recipe)
+    wd: float = 0.01  # Weight decay (fastai's decoupled, not on BatchNorm or biases)
+    seed: int = 42  # Seed for folds, sampling, initialization and TTA
+    balance: str = 'sampler'  # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
+    schedule: str = 'one_cycle'  # LR schedule: one_cycle, step (x0.1 every 10 epochs, the seed's StepLR) or constant
+    label_smoothing: float = 0.0  # BCE label smoothing eps: targets eps/2 and 1-eps/2
+    flip: bool = True  # Horizontal flip in augmentation
+    max_rotate: float = 5.0  # Largest rotation of the augmentation, degrees
+    max_shift_px: int = 2  # Largest shift of the augmentation, pixels
+    tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
+    sample: int = None  # Stratified subset of this many images (None: all)
+    widths: tuple = None  # Conv widths per block of the simple CNN (None: the seed's)
+    stem: str = None  # ResNet stem for 64x64: nopool, default or conv3 (None: the recipe's; resnet18 only)
+    pretrained: bool = False  # Start the ResNet from timm's pretrained weights (needs them locally)
+    weights: str = None  # Local resnet18 state-dict file to start from
+    image_size: tuple = (64, 64, 3)  # (height, width, channels) of the images
+
+    def __post_init__(self):
+        _choice(self.arch, ARCHS, 'arch')
+        recipe = RECIPES[self.arch]
+        for k in ('bs', 'lr', 'epochs'):
+            if getattr(self, k) is None: setattr(self, k, recipe[k])
+        self.image_size = tuple(self.image_size)
+        if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
+        if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
+        self._check()
+
+    def _check(self):
+        _at_least(self.folds, 2, 'folds'); _at_least(self.epochs, 1, 'epochs'); _at_least(self.bs, 1, 'bs')
+        _at_least(self.tta, 0, 'tta'); _at_least(self.max_shift_px, 0, 'max_shift_px'); _at_least(self.seed, 0, 'seed')
+        if self.sample is not None: _at_least(self.sample, 4, 'sample')
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10: raise TheraError(f"must be in (0, 10) (got {self.lr!r})", param='lr')
+        if not 0 <= self.wd < 1: raise TheraError(f"must be in [0, 1) (got {self.wd!r})", param='wd')
+        if not 0 <= self.max_rotate <= 180: raise TheraError(f"must be in [0, 180] degrees (got {self.max_rotate!r})", param='max_rotate')
+        if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
+        _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
+        if self.arch == 'resnet18':
+            if self.stem is None: self.stem = RECIPES['resnet18']['stem']
+            _choice(self.stem, RESNET_STEMS, 'stem')
+            if self.widths is not None: raise TheraError("applies to --arch simple only", param='widths')
+        else:
+            for k in ('stem', 'weights'):
+                if getattr(self, k) is not None: raise TheraError("applies to --arch resnet18 only", param=k)
+            if self.pretrained: raise TheraError("applies to --arch resnet18 only", param='pretrained')
+        if self.image_size != (64, 64, 3): raise TheraError(f"must be (64, 64, 3) (got {self.image_size})", param='image_size')
+
+    def model_kwargs(self):
+        "Keyword arguments of `create_model` for this config."
+        if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
+        return dict(stem=self.stem, pretrained=self.pretrained, weights=self.weights)
+
+    def aug_kwargs(self): return dict(flip=self.flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)
+    def to_dict(self): return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d, where=None):
+        "The config saved in a run folder; unknown or bad fields are one `TheraError` naming `where`."
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown: raise TheraError(f"config has unknown fields {', '.join(unknown)} (written by another version?)", where)
+        try: return cls(**d)
+        except TheraError as e: raise TheraError(f"config field {e.param}: {e.message}", where) from None
+
+
+def native_bf16(device='cpu'):
+    "Whether `device` runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
+    if torch.device(device).type == 'cuda': return torch.cuda.is_bf16_supported()
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+@dataclass
+class Runtime:
+    "How a fit or a prediction runs, not what it computes: recorded per fold, never a reason to refuse a resume."
+    device: str = 'auto'  # auto (a GPU where one is visible), cpu or cuda
+    precision: str = 'auto'  # bf16 (autocast), fp32, or auto: bf16 where the device runs it natively
+    channels_last: bool = True  # Channels-last memory layout
+    threads: int = None  # Torch threads (None: torch's default, all cores)
+
+    def __post_init__(self):
+        _choice(self.device, DEVICES, 'device'); _choice(self.precision, PRECISIONS, 'precision')
+        if self.threads is not None: _at_least(self.threads, 1, 'threads')
+        if self.device == 'cuda' and not torch.cuda.is_available(): raise TheraError("is cuda but no CUDA GPU is visible", param='device')
+
+    def resolved(self):
+        "The concrete settings on this machine: a device, a precision and the thread count."
+        device = ('cuda' if torch.cuda.is_available() else 'cpu') if self.device == 'auto' else self.device
+        precision = ('bf16' if native_bf16(device) else 'fp32') if self.precision == 'auto' else self.precision
+        return dict(device=device, precision=precision, channels_last=self.channels_last,
+                    threads=self.threads or torch.get_num_threads(), host=platform.node())
+
+    def apply(self):
+        "Sets the thread count of this process (torch and its interop pool)."
+        if self.threads:
+            torch.set_num_threads(self.threads)
+            os.environ.setdefault('OMP_NUM_THREADS', str(self.threads))
+
+
+def library_versions():
+    "Versions that decide what a run computes, saved with its config."
+    import fastai, numpy, sklearn, timm
+    from . import __version__
+    return dict(thera_fastai=__version__, torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
+                numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())

@@ -1,0 +1,124 @@
+"""Writing and reading the files of a run safely: atomic writes, short content hashes, JSON with clear errors."""
+import errno, hashlib, json, os, re, tempfile, time
+from pathlib import Path
+
+from .errors import TheraError
+
+__all__ = ['atomic_write', 'create_exclusive', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
+
+_TMP = re.compile(r'^\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$')
+
+
+def _tmp_prefix(path): return f".{path.name}.{os.uname().nodename.replace('.', '_')}-{os.getpid()}."
+
+
+def _space_error(e, path):
+    "An OSError while writing `path` as one clear TheraError (no space, no permission, read-only)."
+    reason = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+              errno.EACCES: 'permission denied', errno.EROFS: 'read-only file system'}.get(e.errno, e.strerror or str(e))
+    return TheraError(f"cannot write ({reason})", path)
+
+
+def atomic_write(path, write):
+    """Calls `write(tmp_path)` on a unique temporary file beside `path`, then renames it onto `path`.
+
+    A killed process never leaves a half file under `path`; the temporary name carries the host and
+    pid, so processes on several machines sharing a folder never collide, and `clean_stale_temps`
+    can tell a dead writer's leftovers from a live one's. A full disk or a permission problem
+    becomes one `TheraError` naming `path`, with the temporary file removed."""
+    path = Path(path)
+    try: fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
+    except OSError as e: raise _space_error(e, path) from None
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _space_error(e, path) from None
+    finally:
+        if tmp.exists(): tmp.unlink()
+
+
+def create_exclusive(path, text):
+    """Creates `path` with `text` unless it exists, atomically (a hard link of a complete file); returns whether it did.
+
+    Of several processes (or hosts sharing the folder) that create it at once, exactly one wins."""
+    path, created = Path(path), [False]
+    def link(tmp):
+        tmp.write_text(text)
+        try: os.link(tmp, path); created[0] = True
+        except FileExistsError: pass
+        tmp.unlink()
+    try: fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
+    except OSError as e: raise _space_error(e, path) from None
+    os.close(fd)
+    try: link(Path(tmp))
+    except OSError as e: raise _space_error(e, path) from None
+    finally: Path(tmp).unlink(missing_ok=True)
+    return created[0]
+
+
+def write_json(path, obj):
+    "Writes `obj` as indented JSON, atomically."
+    text = json.dumps(obj, indent=1)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def read_json(path, what='file'):
+    "The JSON object in `path`; a missing, empty or invalid file is one `TheraError` saying which."
+    path = Path(path)
+    try: text = path.read_text()
+    except FileNotFoundError: raise TheraError(f"{what} is missing", path) from None
+    except OSError as e: raise TheraError(f"cannot read {what} ({e.strerror})", path) from None
+    if not text.strip(): raise TheraError(f"{what} is empty", path)
+    try: obj = json.loads(text)
+    except json.JSONDecodeError as e: raise TheraError(f"{what} is not valid JSON ({e.msg} at line {e.lineno})", path) from None
+    if not isinstance(obj, dict): raise TheraError(f"{what} does not hold a JSON object", path)
+    return obj
+
+
+def short_hash(*parts):
+    "A 16-hex-digit SHA-1 of `parts` (bytes as they are, anything else as sorted JSON)."
+    h = hashlib.sha1()
+    for p in parts: h.update(p if isinstance(p, (bytes, bytearray, memoryview)) else json.dumps(p, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def file_hash(path):
+    "`short_hash` of a file's bytes, read in 16 MiB blocks."
+    h = hashlib.sha1()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(16 << 20), b''): h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _alive(pid):
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+
+def clean_stale_temps(folder, min_age_s=3600):
+    """Removes temporary files in `folder` left by dead writers; returns their paths.
+
+    A temporary file of this host is removed when its process is gone; one of another host (a shared
+    folder) only when untouched for `min_age_s`, since its process cannot be asked."""
+    host, removed = os.uname().nodename.replace('.', '_'), []
+    for p in Path(folder).glob('.*.tmp'):
+        m = _TMP.match(p.name)
+        if not m: continue
+        try:
+            stale = not _alive(int(m['pid'])) if m['host'] == host else time.time() - p.stat().st_mtime > min_age_s
+            if stale and int(m['pid']) != os.getpid(): p.unlink(); removed.append(p)
+        except FileNotFoundError: pass
+    return removed
+
+
+def require_free_space(folder, n_bytes, what='write'):
+    "Refuses, with one clear line, to start a write of `n_bytes` into `folder` that cannot fit."
+    import shutil
+    free = shutil.disk_usage(folder).free
+    if free < n_bytes:
+        raise TheraError(f"not enough space to {what}: needs {n_bytes / 2**20:,.1f} MiB, {free / 2**20:,.1f} MiB free", folder)

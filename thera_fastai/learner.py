@@ -1,0 +1,116 @@
+"""The fastai `Learner` of a fold: model, loss, metrics, schedule; and rebuilding it from a run folder."""
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from fastai.callback.schedule import ParamScheduler, fit_one_cycle  # noqa: F401  (patches Learner.fit_one_cycle, lr_find)
+from fastai.learner import Learner
+from fastai.losses import BaseLoss, BCEWithLogitsLossFlat
+
+from .callbacks import speed_callbacks
+from .config import FitConfig, Runtime
+from .errors import TheraError
+from .files import atomic_write, file_hash, read_json
+from .metrics import thera_metrics
+from .models import create_model
+
+__all__ = ['BalancedBCELoss', 'balanced_loss', 'step_schedule', 'thera_learner', 'save_weights', 'load_weights',
+           'load_fold_learner', 'WEIGHTS_FILE', 'FOLD_FILE']
+
+WEIGHTS_FILE, FOLD_FILE = 'model.safetensors', 'fold.json'
+
+
+class BalancedBCELoss(BaseLoss):
+    """`BCEWithLogitsLossFlat` with its class-1 term scaled by `pos_weight` (fastai's refuses `pos_weight` with
+    flattening) and optional label smoothing: targets become `eps/2` and `1 - eps/2`."""
+    def __init__(self, pos_weight=1.0, smoothing=0.0, thresh=0.5):
+        super().__init__(nn.BCEWithLogitsLoss, pos_weight=torch.tensor([float(pos_weight)]), flatten=True, floatify=True,
+                         is_2d=False)
+        self.smoothing, self.thresh = smoothing, thresh
+    def __call__(self, inp, targ, **kwargs):
+        return super().__call__(inp, targ.float() * (1 - self.smoothing) + self.smoothing / 2, **kwargs)
+    def decodes(self, x): return x > self.thresh
+    def activation(self, x): return torch.sigmoid(x)
+
+
+def balanced_loss(labels, smoothing=0.0):
+    "BCE whose class-1 term is scaled by n0/n1, so both classes weigh the same in the loss."
+    counts = np.bincount(np.asarray(labels), minlength=2)
+    return BalancedBCELoss(counts[0] / counts[1], smoothing)
+
+
+def step_schedule(lr, epochs, step_epochs=10, gamma=0.1):
+    "The seed's `StepLR` as a fastai `ParamScheduler`: `lr`, times `gamma` every `step_epochs` epochs."
+    return ParamScheduler({'lr': partial(_stepped, lr, epochs, step_epochs, gamma)})
+
+
+def _stepped(lr, epochs, step_epochs, gamma, pos): return lr * gamma ** int(pos * epochs // step_epochs)
+
+
+def _loss(cfg, train_labels):
+    if cfg.balance == 'loss':
+        if train_labels is None: return BalancedBCELoss(smoothing=cfg.label_smoothing)  # prediction only: the weight plays no part
+        return balanced_loss(train_labels, cfg.label_smoothing)
+    return BalancedBCELoss(smoothing=cfg.label_smoothing) if cfg.label_smoothing else BCEWithLogitsLossFlat()
+
+
+def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None, init_weights=True):
+    """A `Learner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics, and `runtime`'s
+    memory layout and precision (a dict of `Runtime.resolved()`, default: this machine's).
+
+    `init_weights=False` skips pretrained or `weights` initialization, for a model whose weights are loaded next."""
+    rt = runtime or Runtime().resolved()
+    kwargs = cfg.model_kwargs()
+    if not init_weights and cfg.arch == 'resnet18': kwargs.update(pretrained=False, weights=None)
+    model = create_model(cfg.arch, **kwargs).to(rt['device'])
+    return Learner(dls, model, loss_func=_loss(cfg, train_labels), metrics=thera_metrics(), wd=cfg.wd, path=path, model_dir='.',
+                   cbs=speed_callbacks(rt['channels_last'], rt['precision']))
+
+
+def save_weights(model, path):
+    "The model's weights as a safetensors file (no pickle), atomically; returns its hash."
+    from safetensors.torch import save
+    data = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    return file_hash(path)
+
+
+def load_weights(model, path):
+    "Loads a safetensors file into `model`; weights that do not fit it are one `TheraError` naming the file."
+    from safetensors.torch import load
+    try: state = load(Path(path).read_bytes())
+    except FileNotFoundError: raise TheraError("weights file is missing", path) from None
+    except Exception as e: raise TheraError(f"not a readable weights file ({e})", path) from None
+    try: model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        first = str(e).split('\n\t')[1] if '\n\t' in str(e) else str(e)
+        raise TheraError(f"weights do not fit the run's config ({first.strip()[:200]})", path) from None
+    return model
+
+
+def load_fold_learner(fold_dir, data=None, device='auto', precision=None, cache=None):
+    """The fold's fastai `Learner`, rebuilt from its weights and `fold.json` (config, statistics, threshold).
+
+    With `data` (the exercise zip or folder), its DataLoaders are the fold's own training and validation
+    rows, so `lr_find`, `fit`, `show_results` and `ClassificationInterpretation` work; without, they are a
+    placeholder for `predict`, `tta` and `test_dl` on new images. `precision` defaults to the one the
+    fold was trained (and its threshold picked) in; `device`: auto, cpu or cuda."""
+    from .data import fold_dataloaders, placeholder_dataloaders
+    fold_dir = Path(fold_dir)
+    info = read_json(fold_dir/FOLD_FILE, 'fold file')
+    cfg = FitConfig.from_dict(info.get('config', {}), fold_dir/FOLD_FILE)
+    rt = Runtime(device=device, precision=precision or info.get('runtime', {}).get('precision', 'auto')).resolved()
+    stats = info['stats']
+    if data is None: dls = placeholder_dataloaders(stats, cfg.bs, rt['device'], **cfg.aug_kwargs())
+    else:
+        from .runs import fold_rows
+        images, labels, train_idx, valid_idx = fold_rows(data, cfg, info['fold'], cache)
+        dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
+                               device=rt['device'], **cfg.aug_kwargs())
+    learn = thera_learner(dls, cfg, fold_dir, None if data is None else labels[train_idx], rt, init_weights=False)
+    load_weights(learn.model, fold_dir/WEIGHTS_FILE)
+    learn.fold_info = info
+    return learn
+

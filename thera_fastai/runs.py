@@ -1,0 +1,147 @@
+"""The run folder: `config.json` (what the run computes), one `fold<k>/` per fold (weights, `fold.json`,
+out-of-fold predictions, history), locks so several processes or machines can share it."""
+import json, os, socket
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from filelock import FileLock, Timeout
+
+from .cache import cached_images, source_key
+from .config import FitConfig, library_versions
+from .data import data_key, fold_splits, sample_rows
+from .errors import TheraError
+from .files import atomic_write, clean_stale_temps, create_exclusive, file_hash, read_json, short_hash
+from .learner import FOLD_FILE, WEIGHTS_FILE
+from .source import open_dataset
+
+__all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'fold_dir', 'fold_done', 'finished_folds',
+           'fold_lock', 'fold_rows', 'prepare_data', 'read_oof', 'write_oof', 'make_run_folder']
+
+RUN_FILE = 'config.json'
+FOLD_FILES = (WEIGHTS_FILE, 'oof.csv', 'history.csv')
+
+
+def run_id(cfg: FitConfig, dkey):
+    "The run's identity: a hash of what decides its result (the config and the data), never of how it runs."
+    return short_hash(cfg.to_dict(), dkey)
+
+
+def prepare_data(data, cfg, cache=None, progress=None):
+    "The dataset, its decoded images, the rows `cfg` uses and their data key; checks `cfg` against the data."
+    ds = open_dataset(data)
+    images = cached_images(ds.train, cache, progress=progress)
+    rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
+    return ds, images, rows, data_key(source_key(ds.train), ds.labels, rows)
+
+
+def fold_rows(data, cfg, fold, cache=None):
+    "(images, labels, train rows, valid rows) of fold `fold` of `cfg` on `data`, as the fit used them."
+    ds, images, rows, _ = prepare_data(data, cfg, cache)
+    tr, va = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)[fold]
+    return images, ds.labels, rows[tr], rows[va]
+
+
+def run_record(cfg, ds, rows, dkey):
+    "What `config.json` holds."
+    return dict(run_id=run_id(cfg, dkey), config=cfg.to_dict(), data_key=dkey, data=str(ds.path), n_images=len(rows),
+                versions=library_versions())
+
+
+def make_run_folder(out):
+    "Creates `out` (and its parents); a path that cannot be a folder or is not writable is one clear line."
+    out = Path(out)
+    try: out.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise TheraError("cannot create the output folder (a file is in the way)", out) from None
+    except OSError as e: raise TheraError(f"cannot create the output folder ({e.strerror})", out) from None
+    if not os.access(out, os.W_OK | os.X_OK): raise TheraError("output folder is not writable", out)
+    return out
+
+
+def open_run(out):
+    "The `config.json` of a run folder, checked: one clear line when `out` is not a run folder or the file is broken."
+    out = Path(out)
+    if not out.is_dir(): raise TheraError("run folder does not exist", out)
+    if not (out/RUN_FILE).exists(): raise TheraError(f"no {RUN_FILE}: not a thera-fit output folder", out)
+    run = read_json(out/RUN_FILE, 'run config')
+    for k in ('run_id', 'config'):
+        if k not in run: raise TheraError(f"run config has no {k!r} (not written by thera-fit?)", out/RUN_FILE)
+    FitConfig.from_dict(run['config'], out/RUN_FILE)
+    return run
+
+
+def _differences(old, new):
+    diff = sorted(k for k in new['config'] if old.get('config', {}).get(k) != new['config'][k])
+    if old.get('data_key') != new['data_key']: diff.append('data')
+    return diff
+
+
+def claim_run(out, run):
+    """Writes `config.json` if `out` has none, or checks that the one there is this run's.
+
+    Created exclusively (a hard link of a complete file), so of two processes that start different
+    configs in one folder at the same moment, one is refused."""
+    path = Path(out)/RUN_FILE
+    if not path.exists(): create_exclusive(path, json.dumps(run, indent=1))
+    old = read_json(path, 'run config')
+    if old.get('run_id') != run['run_id']:
+        diff = _differences(old, run)
+        raise TheraError(f"holds a run with another config ({', '.join(diff) or 'versions'} differ): use another output folder", out)
+    return old
+
+
+def fold_dir(out, k): return Path(out)/f"fold{k}"
+
+
+def fold_done(folder, rid):
+    "The fold's `fold.json` if it finished under run id `rid` and its files are intact, else None."
+    path = Path(folder)/FOLD_FILE
+    if not path.exists(): return None
+    try: info = read_json(path, 'fold file')
+    except TheraError: return None
+    files = info.get('files') or {}
+    if info.get('run_id') != rid or set(files) != set(FOLD_FILES): return None
+    ok = all((Path(folder)/n).exists() and file_hash(Path(folder)/n) == h for n, h in files.items())
+    return info if ok else None
+
+
+def finished_folds(out, run):
+    "{k: fold info} of the run's finished folds."
+    found = {}
+    for k in range(run['config']['folds']):
+        info = fold_done(fold_dir(out, k), run['run_id'])
+        if info is not None: found[k] = info
+    return found
+
+
+@contextmanager
+def fold_lock(out, k):
+    """Holds fold `k` of a run for this process: another process (here or on another machine sharing the folder)
+    that asks for the same fold is refused with who holds it, instead of both training it."""
+    folder = fold_dir(out, k)
+    folder.mkdir(exist_ok=True)
+    lock, holder = FileLock(folder/'.lock'), folder/'.holder'
+    try: lock.acquire(timeout=0)
+    except Timeout:
+        who = holder.read_text().strip() if holder.exists() else 'another process'
+        raise TheraError(f"fold {k} is being trained by {who}; wait for it, or train another fold", folder) from None
+    try:
+        holder.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
+        clean_stale_temps(folder)
+        yield folder
+    finally:
+        holder.unlink(missing_ok=True)
+        lock.release()
+
+
+def write_oof(path, rows, labels, probs, probs_tta):
+    "The fold's out-of-fold predictions: row, label, plain and TTA probability (floats written to round-trip)."
+    frame = pd.DataFrame(dict(row=np.asarray(rows), label=np.asarray(labels), prob=probs, prob_tta=probs_tta))
+    atomic_write(path, lambda tmp: frame.to_csv(tmp, index=False, float_format='%.9g'))
+
+
+def read_oof(out, folds):
+    "The out-of-fold predictions of the given finished folds, one frame with a `fold` column."
+    frames = [pd.read_csv(fold_dir(out, k)/'oof.csv').assign(fold=k) for k in folds]
+    return pd.concat(frames, ignore_index=True)
