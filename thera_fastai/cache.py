@@ -112,12 +112,12 @@ def _write_cache(source, npy, meta_path, key, n_threads, progress):
     atomic_write(npy, write)
 
 
-def cached_images(source, cache_dir=None, n_threads=None, progress=None):
+def cached_images(source, cache_dir=None, n_threads=None, progress=None, log=None):
     """The source's images as a read-only memory-mapped (N, 64, 64, 3) uint8 array.
 
     Decoded once into `cache_dir`; reused while the source's names and CRCs (zip) or sizes and
     mtimes (folder) are unchanged and the array's checksum holds. Processes that ask for the same
-    cache at once decode it once: the others wait on its lock, then map it."""
+    cache at once decode it once: the others wait on its lock, then map it. `log` hears of a decode."""
     cache_dir = Path(cache_dir or default_cache_dir())
     _make_cache_dir(cache_dir)
     key = source_key(source)
@@ -127,5 +127,7 @@ def cached_images(source, cache_dir=None, n_threads=None, progress=None):
     with FileLock(cache_dir/f"images-{key}.lock"):
         clean_stale_temps(cache_dir)
         arr = _load_valid(npy, meta_path, key, len(source))
-        if arr is None: _write_cache(source, npy, meta_path, key, n_threads, progress)
+        if arr is None:
+            if log: log(f"decoding {len(source)} images from {source.display()} into {npy}")
+            _write_cache(source, npy, meta_path, key, n_threads, progress)
     return np.load(npy, mmap_mode='r')

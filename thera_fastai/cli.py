@@ -13,7 +13,7 @@ from .errors import EXIT_BAD_INPUT, TheraError
 from .inference import TTA_SEED
 from .progress import plural, show_bars
 
-__all__ = ['fit', 'predict', 'report', 'explore']
+__all__ = ['fit', 'predict', 'report', 'explore', 'sweep']
 
 # Third-party modules whose deprecation notices are not the user's concern; the package's own warnings always show.
 _NOISY = ('fastai', 'fastcore', 'fasttransform', 'torch', 'timm', 'numpy', 'sklearn', 'plum', 'IPython', 'matplotlib')
@@ -92,7 +92,7 @@ def fit(
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights)
         summary = fit_run(data, out, fold=fold, cache=cache, device=device, precision=precision, threads=threads,
-                          bars=show_bars(quiet), **config)
+                          bars=show_bars(quiet), log=lambda line: print(line, flush=True), **config)
         _print_summary(summary, out or Path('runs')/arch)
 
 
@@ -163,3 +163,30 @@ def explore(
         _quiet_third_party()
         from .api import explore as explore_data
         print(explore_data(data, _writable_file(out, 'out'), n, cache, seed))
+
+
+@call_parse
+def sweep(
+    data:str = None, # The exercise zip or its extracted folder
+    out:str = 'runs/sweep', # Study folder: a run folder per trial, and the SQLite storage by default
+    trials:int = 10, # Trials this worker runs; start the same command elsewhere to add workers
+    space:str = None, # Search space, a JSON or YAML file (default: thera_fastai.sweep.DEFAULT_SPACE)
+    study:str = 'thera', # Study name within the storage
+    storage:str = None, # Database URL (sqlite:///..., postgresql://...) or a .log/.journal file on a shared filesystem
+    prune_above:float = None, # Stop a trial whose HTER after a fold is above this (the median pruner runs too)
+    show:store_true = False, # Print the leaderboard and parameter importances, run nothing
+    device:str = Runtime.device, # auto, cpu or cuda
+    precision:str = Runtime.precision, # bf16, fp32 or auto
+    threads:int = Runtime.threads, # Torch and decode threads
+    cache:str = None, # Folder for the decoded image cache
+):
+    "Optuna sweep over thera-fit recipes; every trial is a run folder, scored by pooled out-of-fold HTER (cross-fitted)."
+    with _friendly('thera-sweep'):
+        _quiet_third_party()
+        try: from .sweep import leaderboard, open_study, sweep as run_sweep
+        except ImportError: raise TheraError("needs Optuna: pip install 'thera_fastai[sweep]'") from None
+        if show: print(leaderboard(open_study(out, study, storage))); return
+        _require(data=data)
+        st = run_sweep(data, out, trials, space, study, storage, prune_above, device=device, precision=precision,
+                       threads=threads, cache=cache)
+        print(leaderboard(st))

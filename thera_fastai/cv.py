@@ -26,7 +26,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         raise TheraError(f"{only_fold} is out of range for {cfg.folds} folds (0..{cfg.folds - 1})", param='fold')
     rt = runtime.resolved()
     runtime.apply()
-    ds, images, rows, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None)
+    ds, images, rows, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     splits = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)
     run = run_record(cfg, ds, rows, dkey)
     claim_run(make_run_folder(out), run)
@@ -36,7 +36,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         if fold_done(fold_dir(out, k), run['run_id']): log(f"fold {k}/{cfg.folds}: already finished, skipped"); done.append(k); continue
         with fold_lock(out, k) as folder:
             log(f"fold {k}/{cfg.folds}: training on {len(tr)} images, validating on {len(va)} ({rt['device']}, {rt['precision']})")
-            try: info = train_fold(images, ds.labels, rows[tr], rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars)
+            try: info = train_fold(images, ds.labels, rows[tr], rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
         log(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")

@@ -28,10 +28,10 @@ def run_id(cfg: FitConfig, dkey):
     return short_hash(cfg.to_dict(), dkey)
 
 
-def prepare_data(data, cfg, cache=None, progress=None):
+def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
     "The dataset, its decoded images, the rows `cfg` uses and their data key; checks `cfg` against the data."
     ds = open_dataset(data)
-    images = cached_images(ds.train, cache, progress=progress)
+    images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
     rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
     return ds, images, rows, data_key(source_key(ds.train), ds.labels, rows)
 

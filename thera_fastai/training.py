@@ -18,13 +18,13 @@ from .runs import FOLD_FILES, write_oof
 __all__ = ['train_fold']
 
 
-def _epoch_line(recorder, fold):
+def _epoch_line(recorder, fold, log=print):
     "One readable line per epoch (fastai's default logger prints a raw list); epochs skipped on resume print nothing."
-    def log(values):
+    def line(values):
         if len(values) < len(recorder.metric_names): return
-        print(f"fold {fold} " + ', '.join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
-                                          for n, v in zip(recorder.metric_names, values)), flush=True)
-    return log
+        log(f"fold {fold} " + ', '.join(f"{n} {v:.4f}" if isinstance(v, float) else f"{n} {v}"
+                                        for n, v in zip(recorder.metric_names, values)))
+    return line
 
 
 def _fit(learn, cfg, start, cbs):
@@ -33,7 +33,7 @@ def _fit(learn, cfg, start, cbs):
     if start < cfg.epochs: fit(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
 
 
-def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False):
+def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False, log=print):
     """Fits one fold (resuming from its newest checkpoint), saves its weights, out-of-fold predictions and history.
 
     `runtime` is `Runtime.resolved()`. Returns the fold's record, also saved as `fold.json` once
@@ -46,7 +46,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     learn = thera_learner(dls, cfg, folder, np.asarray(labels)[train_idx], runtime)
     start, rng = load_checkpoint(learn, folder)
     cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng)]
-    if not bars: learn.logger = _epoch_line(learn.recorder, fold)
+    if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t0 = time.time()
     with (nullcontext() if bars else learn.no_bar()): _fit(learn, cfg, start, cbs)
     fit_s = time.time() - t0

@@ -1,0 +1,58 @@
+"""Optuna sweeps: two workers share one study through a journal file; a bad trial is pruned; the best trial predicts."""
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, write_dataset
+from thera_fastai.errors import TheraError
+from thera_fastai.sweep import DEFAULT_SPACE, _suggest, read_space
+
+pytest.importorskip('optuna')
+
+
+def test_space_files_are_read_and_checked(tmp_path):
+    (tmp_path/'s.yaml').write_text("folds: 2\nlr: {low: 0.001, high: 0.01, log: true}\n")
+    assert read_space(tmp_path/'s.yaml') == {'folds': 2, 'lr': {'low': 0.001, 'high': 0.01, 'log': True}}
+    (tmp_path/'bad.json').write_text('{"lr": {"low": 1}}')
+    with pytest.raises(TheraError, match='lr: a searched value needs low and high, or choices'): read_space(tmp_path/'bad.json')
+    (tmp_path/'broken.json').write_text('{"lr": ')
+    with pytest.raises(TheraError, match='search space is not valid JSON'): read_space(tmp_path/'broken.json')
+
+
+def test_conditional_values_are_drawn_only_when_they_apply():
+    import optuna
+    study = optuna.create_study()
+    seen = [_suggest(study.ask(), DEFAULT_SPACE) for _ in range(12)]
+    assert all(('stem' in v) == (v['arch'] == 'resnet18') for v in seen) and {v['arch'] for v in seen} == {'simple', 'resnet18'}
+    assert all(v['folds'] == 5 and 2 <= v['epochs'] <= 6 and isinstance(v['max_shift_px'], int) for v in seen)
+
+
+@pytest.mark.slow
+def test_two_workers_share_a_study_prune_a_bad_trial_and_the_best_predicts(tmp_path):
+    import optuna
+    from thera_fastai.sweep import open_study
+    write_dataset(tmp_path/'data', n_train=160, n_val=12)
+    (tmp_path/'space.json').write_text(json.dumps({'folds': 2, 'epochs': 2, 'bs': 16, 'tta': 0, 'lr': {'low': 1e-7, 'high': 1e-2, 'log': True}}))
+    journal = tmp_path/'study.journal'
+    study = open_study(tmp_path/'sweep', storage=journal)
+    for lr in (1e-7, 3e-3, 5e-3, 8e-3): study.enqueue_trial({'lr': lr})   # a known bad trial among good ones
+    exe = Path(sys.executable).parent/'thera-sweep'
+    args = ['--data', tmp_path/'data', '--out', tmp_path/'sweep', '--trials', 2, '--space', tmp_path/'space.json',
+            '--storage', journal, '--prune-above', 0.4, '--precision', 'fp32', '--threads', 1]
+    workers = [subprocess.Popen([str(exe), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache')}) for _ in range(2)]
+    outs = [w.communicate(timeout=900) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outs
+    study = open_study(tmp_path/'sweep', storage=journal)
+    states = {t.params['lr']: t.state for t in study.trials}
+    assert len(study.trials) == 4 and states[1e-7] == optuna.trial.TrialState.PRUNED
+    bad = next(t for t in study.trials if t.params['lr'] == 1e-7)
+    assert bad.intermediate_values.keys() == {0}                       # stopped after fold 0
+    complete = sum(s == optuna.trial.TrialState.COMPLETE for s in states.values())
+    assert complete >= 1 and set(states.values()) <= {optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED}
+    shown = run_cli('thera-sweep', '--out', tmp_path/'sweep', '--storage', journal, '--show')
+    assert shown.returncode == 0 and f"{complete} complete, {4 - complete} pruned, 4 in all" in shown.stdout
+    res = run_cli('thera-predict', '--models', study.best_trial.user_attrs['run'], '--data', tmp_path/'data',
+                  '--out', tmp_path/'label_val.txt', env={'THERA_CACHE': str(tmp_path/'cache')})
+    assert res.returncode == 0 and len((tmp_path/'label_val.txt').read_text().splitlines()) == 12, res.stderr
