@@ -10,6 +10,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
+from .distributed import is_main, world_size
 from .errors import TheraError
 from .files import atomic_write
 
@@ -35,12 +36,15 @@ def speed_callbacks(channels_last=True, precision='fp32'):
     return [ChannelsLast()] * bool(channels_last) + [BF16Autocast()] * (precision == 'bf16')
 
 
+def _inner(dl): return getattr(dl, 'dl', dl)  # a data-parallel wrapper's loader
+
+
 def rng_states(dls=None):
     "Every random state a fit draws from: Python's, NumPy's, torch's (CPU and CUDA) and each DataLoader's own."
     np_state = np.random.get_state()
     return dict(python=random.getstate(), numpy=[np_state[0], torch.from_numpy(np_state[1].copy()), *_plain(list(np_state[2:]))],
                 torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                loaders=[dl.rng.getstate() for dl in (dls.loaders if dls is not None else [])])
+                loaders=[_inner(dl).rng.getstate() for dl in (dls.loaders if dls is not None else [])])
 
 
 def _as_tuple(x): return tuple(_as_tuple(v) for v in x) if isinstance(x, list) else x
@@ -53,7 +57,7 @@ def set_rng_states(states, dls=None):
     np.random.set_state((name, keys.numpy(), *rest))
     torch.set_rng_state(states['torch'])
     if states['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(states['cuda'])
-    for dl, s in zip(dls.loaders if dls is not None else [], states['loaders']): dl.rng.setstate(_as_tuple(s))
+    for dl, s in zip(dls.loaders if dls is not None else [], states['loaders']): _inner(dl).rng.setstate(_as_tuple(s))
 
 
 def _plain(x):
@@ -63,11 +67,16 @@ def _plain(x):
     return x.item() if isinstance(x, np.generic) else x
 
 
+def _unwrapped(model):
+    "The model inside a data-parallel wrapper, whose weight names carry no 'module.' prefix."
+    return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
+
+
 def _ckpt_bytes(learn, epoch):
     buf = io.BytesIO()
     smooth = learn.recorder.smooth_loss  # the logged train_loss: a moving average that runs across epochs
     state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)])
-    torch.save(dict(epoch=epoch, model=learn.model.state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
+    torch.save(dict(epoch=epoch, model=_unwrapped(learn.model).state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
     return buf.getvalue()
 
 
@@ -80,12 +89,12 @@ class EpochCheckpoint(Callback):
 
     def before_train(self):
         if self.resume is None: return
-        set_rng_states(self.resume['rng'], self.dls)
+        if world_size() == 1: set_rng_states(self.resume['rng'], self.dls)  # data-parallel ranks seed every epoch instead
         self.recorder.smooth_loss.val, self.recorder.smooth_loss.count = self.resume['smooth_loss']
         self.resume = None
 
     def after_epoch(self):
-        if self.epoch < self.start: return  # an epoch skipped on resume
+        if self.epoch < self.start or not is_main(): return  # an epoch skipped on resume; only rank 0 writes
         path = self.folder/f"ckpt-e{self.epoch}.pth"
         data = _ckpt_bytes(self.learn, self.epoch)
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
@@ -123,7 +132,7 @@ class HistoryCSV(Callback):
         self.rows = read_history(self.path).query('epoch < @start_epoch').to_dict('records') if start_epoch and self.path.exists() else []
 
     def after_epoch(self):
-        if self.epoch < self.start: return  # an epoch skipped on resume logs nothing
+        if self.epoch < self.start or not is_main(): return  # an epoch skipped on resume logs nothing; only rank 0 writes
         names, values = self.recorder.metric_names, self.recorder.log
         self.rows.append({n: (float(v) if isinstance(v, (float, np.floating, torch.Tensor)) else v) for n, v in zip(names, values)})
         frame = pd.DataFrame(self.rows)

@@ -97,7 +97,8 @@ def fit(
 
 
 def _print_summary(summary, out):
-    if 'pooled' not in summary: return
+    from .distributed import is_main
+    if 'pooled' not in summary or not is_main(): return
     p, n = summary['pooled'], len(summary['folds'])
     print(f"pooled out-of-fold HTER over {plural(n, 'fold')}: {p['at_05']['hter']:.4f} at 0.5, {p['cross_fitted']['hter']:.4f} "
           f"at a cross-fitted threshold; best threshold {p['best_threshold']:.4f}; report: {Path(out)/'report.md'}")

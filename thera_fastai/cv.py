@@ -1,13 +1,14 @@
 """Stratified K-fold cross-validation: each fold's fit in turn (or one fold, or the folds another process left),
 then the run's report from what is on disk."""
-from pathlib import Path
+from contextlib import nullcontext
 
 from .config import FitConfig, Runtime
 from .data import fold_splits
 from .errors import TheraError
 from .callbacks import checkpoints
 from .progress import labelled_bar
-from .report import write_run_report
+from .distributed import barrier, is_main, start_process_group, world_size
+from .report import run_summary, write_run_report
 from .runs import claim_run, fold_dir, fold_done, fold_lock, make_run_folder, prepare_data, run_record
 from .training import train_fold
 
@@ -29,18 +30,26 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     ds, images, rows, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     splits = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)
     run = run_record(cfg, ds, rows, dkey)
-    claim_run(make_run_folder(out), run)
-    done = []
+    start_process_group(rt['device'])
+    if is_main(): claim_run(make_run_folder(out), run)
+    barrier()
+    if not is_main(): claim_run(out, run)
+    done, say = [], log if is_main() else (lambda *_: None)
     for k, (tr, va) in enumerate(splits):
         if only_fold not in (None, k): continue
-        if fold_done(fold_dir(out, k), run['run_id']): log(f"fold {k}/{cfg.folds}: already finished, skipped"); done.append(k); continue
-        with fold_lock(out, k) as folder:
-            log(f"fold {k}/{cfg.folds}: training on {len(tr)} images, validating on {len(va)} ({rt['device']}, {rt['precision']})")
+        if fold_done(fold_dir(out, k), run['run_id']): say(f"fold {k}/{cfg.folds}: already finished, skipped"); done.append(k); continue
+        with (fold_lock(out, k) if is_main() else nullcontext(fold_dir(out, k))) as folder:
+            say(f"fold {k}/{cfg.folds}: training on {len(tr)} images, validating on {len(va)} ({_how(rt)})")
             try: info = train_fold(images, ds.labels, rows[tr], rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
-        log(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")
+        if info: say(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")
+    if not is_main(): return run_summary(out)[0]
     return write_run_report(out)
+
+
+def _how(rt):
+    return f"{rt['device']}, {rt['precision']}" + (f", {world_size()} processes data-parallel" if world_size() > 1 else '')
 
 
 def _interrupted(done, k, folder):

@@ -16,7 +16,7 @@ from .files import atomic_write, file_hash, read_json
 from .metrics import thera_metrics
 from .models import create_model
 
-__all__ = ['BalancedBCELoss', 'balanced_loss', 'step_schedule', 'thera_learner', 'save_weights', 'load_weights',
+__all__ = ['BalancedBCELoss', 'balanced_loss', 'step_schedule', 'thera_learner', 'weights_bytes', 'save_weights', 'load_weights',
            'load_fold_learner', 'WEIGHTS_FILE', 'FOLD_FILE']
 
 WEIGHTS_FILE, FOLD_FILE = 'model.safetensors', 'fold.json'
@@ -69,10 +69,15 @@ def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None
                    cbs=speed_callbacks(rt['channels_last'], rt['precision']))
 
 
-def save_weights(model, path):
-    "The model's weights as a safetensors file (no pickle), atomically; returns its hash."
+def weights_bytes(model):
+    "The model's weights as safetensors bytes (no pickle)."
     from safetensors.torch import save
-    data = save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    return save({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+
+
+def save_weights(model, path):
+    "The model's weights as a safetensors file, atomically; returns its hash."
+    data = weights_bytes(model)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
     return file_hash(path)
 

@@ -9,9 +9,10 @@ from fastai.torch_core import set_seed
 from .callbacks import EpochCheckpoint, HistoryCSV, checkpoints, load_checkpoint
 from .config import FitConfig, library_versions
 from .data import fold_dataloaders, image_stats
-from .files import file_hash, write_json
+from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
+from .files import file_hash, short_hash, write_json
 from .inference import predict_probs
-from .learner import FOLD_FILE, WEIGHTS_FILE, save_weights, step_schedule, thera_learner
+from .learner import FOLD_FILE, WEIGHTS_FILE, save_weights, step_schedule, thera_learner, weights_bytes
 from .metrics import best_threshold, error_rates
 from .runs import FOLD_FILES, write_oof
 
@@ -37,7 +38,8 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     """Fits one fold (resuming from its newest checkpoint), saves its weights, out-of-fold predictions and history.
 
     `runtime` is `Runtime.resolved()`. Returns the fold's record, also saved as `fold.json` once
-    everything else is on disk: the config, normalization statistics, threshold, versions, how it ran."""
+    everything else is on disk: the config, normalization statistics, threshold, versions, how it ran.
+    Launched as several processes (`torchrun`), the fold trains data-parallel and rank 0 writes (the others return None)."""
     folder = Path(folder).resolve()  # fastai joins relative file names onto learn.path, itself the fold folder
     set_seed(cfg.seed + fold, reproducible=True)
     stats = image_stats(images, train_idx)
@@ -48,8 +50,19 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng)]
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t0 = time.time()
-    with (nullcontext() if bars else learn.no_bar()): _fit(learn, cfg, start, cbs)
+    with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.seed, fold):
+        _fit(learn, cfg, start, cbs)
     fit_s = time.time() - t0
+    if world_size() > 1: log(f"fold {fold}, rank {rank()} of {world_size()}: weights {short_hash(weights_bytes(learn.model))}")
+    if not is_main(): barrier(); return None
+    how = dict(runtime, world_size=world_size())
+    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s)
+    barrier()
+    return info
+
+
+def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s):
+    "Rank 0's part after the fit: out-of-fold predictions, weights, `fold.json` last, checkpoints removed."
     targs = np.asarray(labels)[valid_idx]
     probs = predict_probs(learn, dls.valid)
     probs_tta = predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold) if cfg.tta else probs
