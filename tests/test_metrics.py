@@ -31,3 +31,18 @@ def test_fastai_metrics_take_logits():
     m = HTER()
     assert np.isclose(m.func(logits.numpy(), targs.numpy()), (0.5 + 0.5) / 2)
     assert np.isclose(AUC().func(logits.numpy(), targs.numpy()), 0.5)
+
+
+def test_top_losses_titles_do_not_overlap_the_images_above(tmp_path, monkeypatch):
+    import pandas as pd
+    import thera_fastai.plots as plots
+    from conftest import synthetic_images
+    oof = pd.DataFrame(dict(row=np.arange(16), label=np.arange(16) % 2, prob_tta=np.linspace(0.01, 0.99, 16)))
+    saved = {}
+    monkeypatch.setattr(plots, 'save_figure', lambda fig, path: saved.update(fig=fig))
+    plots.plot_top_losses(synthetic_images(oof['label']), plots.top_losses(oof, 16), tmp_path/'t.png')
+    fig = saved['fig']; fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    axes = np.array(fig.axes).reshape(2, 8)
+    for top_ax, low_ax in zip(axes[0], axes[1]):
+        assert low_ax.title.get_window_extent(r).y1 < top_ax.get_window_extent(r).y0   # second-row title below first-row image

@@ -13,7 +13,7 @@ from .errors import EXIT_BAD_INPUT, TheraError
 from .inference import TTA_SEED
 from .progress import plural, show_bars
 
-__all__ = ['fit', 'predict', 'report', 'explore', 'sweep']
+__all__ = ['fit', 'predict', 'report', 'explore', 'sweep', 'export', 'demo']
 
 # Third-party modules whose deprecation notices are not the user's concern; the package's own warnings always show.
 _NOISY = ('fastai', 'fastcore', 'fasttransform', 'torch', 'timm', 'numpy', 'sklearn', 'plum', 'IPython', 'matplotlib')
@@ -191,3 +191,41 @@ def sweep(
         st = run_sweep(data, out, trials, space, study, storage, prune_above, device=device, precision=precision,
                        threads=threads, cache=cache)
         print(leaderboard(st))
+
+
+@call_parse
+def export(
+    models:str = None, # A thera-fit run folder
+    out:str = 'export', # Folder for fold<k>.onnx, ensemble.json and predict.py
+    partial:store_true = False, # Export the finished folds when some are missing
+):
+    "Each fold to ONNX (uint8 images in, probability out) with its threshold and the vote rule, and a predictor without torch."
+    with _friendly('thera-export'):
+        _require(models=models)
+        _quiet_third_party()
+        try: import onnx  # noqa: F401  (torch's exporter needs it)
+        except ImportError: raise TheraError("needs onnx: pip install 'thera_fastai[export]'") from None
+        from .export import export_run
+        manifest = export_run(models, out, partial)
+        print(f"{plural(len(manifest['folds']), 'fold model')} exported to {out}: python {Path(out)/'predict.py'} {out} IMAGES "
+              f"--out label_val.txt (needs onnxruntime, numpy, and simplejpeg or Pillow)")
+
+
+@call_parse
+def demo(
+    models:str = None, # A thera-fit run folder
+    data:str = None, # A dataset or folder of JPEGs whose first images are offered as examples
+    host:str = '127.0.0.1', # Address to bind (127.0.0.1: this machine only)
+    port:int = 7860, # Port of the page
+    device:str = Runtime.device, # auto, cpu or cuda
+):
+    "A local page to upload or pick a face and see each fold's probability and vote, and the ensemble's label."
+    with _friendly('thera-demo'):
+        _require(models=models)
+        _quiet_third_party()
+        os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
+        try: import gradio  # noqa: F401
+        except ImportError: raise TheraError("needs Gradio: pip install 'thera_fastai[demo]'") from None
+        from .demo import serve
+        print(f"thera-demo: serving {models} on http://{host}:{port} (Ctrl-C stops)", flush=True)
+        serve(models, data, host, port, device)

@@ -93,14 +93,14 @@ def top_losses(oof, n=16, prob='prob_tta'):
 
 
 def plot_top_losses(images, top, path, cols=8):
-    "A grid of the `top` rows' images titled with label, P(class 1) and loss."
+    "A grid of the `top` rows' images titled with label, P(class 1) and loss; each title sits in its own band above its image."
     plt = pyplot()
     rows = -(-len(top) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 1.8 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows + 0.4), squeeze=False)
     for ax in axes.ravel(): ax.axis('off')
     for ax, (_, r) in zip(axes.ravel(), top.iterrows()):
         ax.imshow(images[int(r['row'])])
-        ax.set_title(f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}", fontsize=7)
+        ax.set_title(f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}", fontsize=7, pad=3)
     fig.suptitle('Top out-of-fold losses (y = label, p = P(clean face))', fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.0)
     save_figure(fig, path)
