@@ -33,6 +33,15 @@ def test_a_write_that_fills_the_disk_is_one_error_and_leaves_nothing(small_disk)
     assert not list(small_disk.iterdir())
 
 
+def test_a_run_folder_that_fills_up_during_the_fit_is_one_error(small_disk, tmp_path):
+    write_dataset(tmp_path/'data', n_train=60, n_val=4)
+    (small_disk/'filler').write_bytes(b'0' * (2900 << 10))     # about 100 KiB left: config.json fits, a checkpoint does not
+    with pytest.raises(TheraError) as e:
+        tf.fit(tmp_path/'data', small_disk/'run', fold=0, folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+    assert e.value.cli_message().endswith('cannot write (no space left on the device)') and 'fold0' in e.value.cli_message()
+    assert not list(small_disk.rglob('*.tmp'))
+
+
 def test_memory_mapped_cache_reserves_its_blocks_first(tmp_path, monkeypatch):
     "A sparse memory-mapped file on a full disk ends in SIGBUS: the blocks are reserved, and a refusal is an error."
     import errno, thera_fastai.cache as cache

@@ -46,7 +46,7 @@ def test_runtime_resolves_on_this_machine_and_is_checked():
     rt = Runtime().resolved()
     assert rt['device'] == 'cpu' and rt['precision'] == ('bf16' if native_bf16() else 'fp32')
     assert Runtime(precision='fp32').resolved()['precision'] == 'fp32'
-    with pytest.raises(TheraError, match='precision must be one of'): Runtime(precision='fp16')
+    with pytest.raises(TheraError, match='precision must be one of'): Runtime(precision='fp64')
     with pytest.raises(TheraError, match='device is cuda but no CUDA GPU is visible'): Runtime(device='cuda')
 
 

@@ -32,8 +32,9 @@ class BF16Autocast(MixedPrecision):
 
 
 def speed_callbacks(channels_last=True, precision='fp32'):
-    "The callbacks that decide how the model runs: channels-last memory layout and bf16 autocast."
-    return [ChannelsLast()] * bool(channels_last) + [BF16Autocast()] * (precision == 'bf16')
+    "The callbacks that decide how the model runs: channels-last memory layout, and bf16 or fp16 (CUDA, scaled) autocast."
+    amp = {'bf16': [BF16Autocast()], 'fp16': [MixedPrecision()]}.get(precision, [])
+    return [ChannelsLast()] * bool(channels_last) + amp
 
 
 def _inner(dl): return getattr(dl, 'dl', dl)  # a data-parallel wrapper's loader

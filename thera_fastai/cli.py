@@ -78,7 +78,7 @@ def fit(
     pretrained:store_true = _D.pretrained, # Start the ResNet from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local resnet18 state-dict file to start from
     device:str = Runtime.device, # auto (a GPU where one is visible), cpu or cuda
-    precision:str = Runtime.precision, # bf16 (autocast), fp32, or auto: bf16 where the device runs it natively
+    precision:str = Runtime.precision, # bf16, fp16 (CUDA), fp32, or auto: bf16 where native, else fp16 on a GPU, else fp32
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars (they are off anyway when the output is not a terminal)

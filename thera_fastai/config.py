@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
+from .cache import IMAGE_SHAPE
 from .errors import TheraError
 from .models import ARCHS, RESNET_STEMS
 
@@ -14,7 +15,7 @@ __all__ = ['FitConfig', 'Runtime', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'BALANC
 # on a 2-core bf16 CPU (pooled out-of-fold HTER 0.077 over 5 folds, flat after epoch 10, docs/results.md).
 # The ResNet's lr and epochs are not measured at scale.
 RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4, stem='nopool')}
-PRECISIONS = ('auto', 'bf16', 'fp32')
+PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
 DEVICES = ('auto', 'cpu', 'cuda')
@@ -51,7 +52,7 @@ class FitConfig:
     stem: str = None  # ResNet stem for 64x64: nopool, default or conv3 (None: the recipe's; resnet18 only)
     pretrained: bool = False  # Start the ResNet from timm's pretrained weights (needs them locally)
     weights: str = None  # Local resnet18 state-dict file to start from
-    image_size: tuple = (64, 64, 3)  # (height, width, channels) of the images
+    image_size: tuple = IMAGE_SHAPE  # (height, width, channels) of the images
 
     def __post_init__(self):
         _choice(self.arch, ARCHS, 'arch')
@@ -80,7 +81,7 @@ class FitConfig:
             for k in ('stem', 'weights'):
                 if getattr(self, k) is not None: raise TheraError("applies to --arch resnet18 only", param=k)
             if self.pretrained: raise TheraError("applies to --arch resnet18 only", param='pretrained')
-        if self.image_size != (64, 64, 3): raise TheraError(f"must be (64, 64, 3) (got {self.image_size})", param='image_size')
+        if self.image_size != IMAGE_SHAPE: raise TheraError(f"must be {IMAGE_SHAPE} (got {self.image_size})", param='image_size')
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
@@ -110,7 +111,7 @@ def native_bf16(device='cpu'):
 class Runtime:
     "How a fit or a prediction runs, not what it computes: recorded per fold, never a reason to refuse a resume."
     device: str = 'auto'  # auto (a GPU where one is visible), cpu or cuda
-    precision: str = 'auto'  # bf16 (autocast), fp32, or auto: bf16 where the device runs it natively
+    precision: str = 'auto'  # bf16 or fp16 (autocast; fp16 on CUDA only, with a gradient scaler), fp32, or auto: bf16 where the device runs it natively, else fp16 on a GPU, else fp32
     channels_last: bool = True  # Channels-last memory layout
     threads: int = None  # Torch threads (None: torch's default, all cores)
 
@@ -118,11 +119,13 @@ class Runtime:
         _choice(self.device, DEVICES, 'device'); _choice(self.precision, PRECISIONS, 'precision')
         if self.threads is not None: _at_least(self.threads, 1, 'threads')
         if self.device == 'cuda' and not torch.cuda.is_available(): raise TheraError("is cuda but no CUDA GPU is visible", param='device')
+        if self.precision == 'fp16' and not torch.cuda.is_available(): raise TheraError("fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)", param='precision')
 
     def resolved(self):
         "The concrete settings on this machine: a device, a precision and the thread count."
         device = ('cuda' if torch.cuda.is_available() else 'cpu') if self.device == 'auto' else self.device
-        precision = ('bf16' if native_bf16(device) else 'fp32') if self.precision == 'auto' else self.precision
+        fallback = 'fp16' if device == 'cuda' else 'fp32'
+        precision = ('bf16' if native_bf16(device) else fallback) if self.precision == 'auto' else self.precision
         return dict(device=device, precision=precision, channels_last=self.channels_last,
                     threads=self.threads or torch.get_num_threads(), host=platform.node())
 

@@ -13,7 +13,7 @@ from fastai.vision.augment import AffineCoordTfm, _draw_mask, affine_mat, aug_tr
 from fasttransform import Transform
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .cache import IMAGE_SHAPE, decode_jpeg
+from .cache import IMAGE_SHAPE, IMAGE_SIZE, decode_jpeg
 from .errors import TheraError
 from .files import short_hash
 
@@ -103,11 +103,11 @@ def shift_mat(x, max_shift=0.0625, p=0.75):
 
 class RandomShift(AffineCoordTfm):
     "Shifts each image by up to `max_px` pixels in x and y; fuses with fastai's Flip and Rotate into one resample."
-    def __init__(self, max_px=2, size=64, p=0.75, **kwargs):
+    def __init__(self, max_px=2, size=IMAGE_SIZE, p=0.75, **kwargs):
         super().__init__(aff_fs=partial(shift_mat, max_shift=max_px / size, p=p), **kwargs)
 
 
-def batch_augmentations(flip=True, max_rotate=5.0, max_shift_px=2, size=64):
+def batch_augmentations(flip=True, max_rotate=5.0, max_shift_px=2, size=IMAGE_SIZE):
     "The light affine augmentation of the spec: rotation up to 5 degrees, small shifts, optional flip; all on the batch."
     xtra = [RandomShift(max_shift_px, size)] if max_shift_px else []
     return aug_transforms(do_flip=flip, max_rotate=max_rotate, max_zoom=1.0, max_warp=0, max_lighting=0,
@@ -133,7 +133,7 @@ def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True
     dblock = thera_datablock(images, labels, np.arange(len(train_idx), len(rows)), stats, **aug)
     wgts = class_weights(np.asarray(labels)[train_idx]) if weighted else None
     return dblock.dataloaders(rows, bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
-                              num_workers=0, device=device)
+                              num_workers=0, device=device, pin_memory=str(device).startswith('cuda'))
 
 
 def placeholder_dataloaders(stats, bs=128, device=None, **aug):
