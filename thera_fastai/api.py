@@ -17,7 +17,9 @@ def make_config(**config):
     return FitConfig(**config)
 
 
-def default_out(arch): return Path('runs')/arch
+def default_out(arch):
+    "Where a run of `arch` goes when no folder is given: runs/<arch>."
+    return Path('runs')/arch
 
 
 def fit(data,  # The exercise zip or its extracted folder

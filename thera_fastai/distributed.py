@@ -15,9 +15,19 @@ from fastai.torch_core import num_distrib, rank_distrib
 __all__ = ['world_size', 'rank', 'is_main', 'start_process_group', 'barrier', 'alone', 'data_parallel', 'epoch_seed']
 
 
-def world_size(): return max(num_distrib(), 1)
-def rank(): return rank_distrib()
-def is_main(): return rank_distrib() == 0
+def world_size():
+    "How many processes train together (1 alone)."
+    return max(num_distrib(), 1)
+
+
+def rank():
+    "This process's rank (0 alone)."
+    return rank_distrib()
+
+
+def is_main():
+    "Whether this process writes files: rank 0."
+    return rank_distrib() == 0
 
 
 def start_process_group(device):
@@ -43,7 +53,9 @@ def alone():
         else: os.environ['WORLD_SIZE'] = saved
 
 
-def epoch_seed(seed, fold, epoch, rank): return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + rank) % 2**31
+def epoch_seed(seed, fold, epoch, rank):
+    "The seed of one rank's epoch: distinct per rank and epoch, the same on every resume."
+    return (seed * 1_000_003 + fold * 10_007 + epoch * 101 + rank) % 2**31
 
 
 def _trainer_class():

@@ -74,6 +74,7 @@ def vote(probs, thresholds):
 
 
 def main(argv=None):
+    "The command line: reads the export and the images, writes the label file (and the votes CSV)."
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('export'); ap.add_argument('images')
     ap.add_argument('--out', default='label_val.txt'); ap.add_argument('--votes', default=None)

@@ -91,7 +91,9 @@ def claim_run(out, run):
     return old
 
 
-def fold_dir(out, k): return Path(out)/f"fold{k}"
+def fold_dir(out, k):
+    "The folder of fold `k` in run folder `out`."
+    return Path(out)/f"fold{k}"
 
 
 def fold_done(folder, rid):
