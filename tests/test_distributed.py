@@ -54,7 +54,7 @@ def test_killed_data_parallel_run_resumes(data, tmp_path):
     proc = _torchrun(tmp_path, '--epochs', 60, wait=False)
     deadline = time.time() + 300
     while not list((tmp_path/'run'/'fold0').glob('ckpt-e*.pth')) and proc.poll() is None and time.time() < deadline: time.sleep(0.05)
-    subprocess.run(['pkill', '-9', '-f', str(tmp_path/'run')])   # the launcher and its workers (they have sessions of their own)
+    subprocess.run(['pkill', '-9', '-f', str(tmp_path/'run')])   # the launcher and its workers (in process groups of their own)
     proc.communicate()
     assert not (tmp_path/'run'/'fold0'/'fold.json').exists()
     _, err, code = _torchrun(tmp_path, '--epochs', 60)

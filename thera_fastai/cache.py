@@ -8,7 +8,7 @@ import simplejpeg
 from filelock import FileLock
 
 from .errors import TheraError
-from .files import atomic_write, clean_stale_temps, require_free_space, short_hash
+from .files import atomic_write, clean_stale_temps, make_folder, require_free_space, short_hash
 
 __all__ = ['IMAGE_SIZE', 'IMAGE_SHAPE', 'default_cache_dir', 'decode_jpeg', 'cached_images', 'source_key']
 
@@ -85,13 +85,6 @@ def _load_valid(npy, meta_path, key, n):
     return arr
 
 
-def _make_cache_dir(cache_dir):
-    try: cache_dir.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError): raise TheraError("cannot create the cache folder (a file is in the way)", cache_dir) from None
-    except OSError as e: raise TheraError(f"cannot create the cache folder ({e.strerror})", cache_dir) from None
-    if not os.access(cache_dir, os.W_OK): raise TheraError("cache folder is not writable", cache_dir)
-
-
 def _write_cache(source, npy, meta_path, key, n_threads, progress):
     shape = (len(source), *IMAGE_SHAPE)
     n_bytes = int(np.prod(shape)) + 4096
@@ -112,6 +105,11 @@ def _write_cache(source, npy, meta_path, key, n_threads, progress):
     atomic_write(npy, write)
 
 
+def _stamp(path):
+    try: return path.stat().st_mtime_ns
+    except FileNotFoundError: return None
+
+
 def cached_images(source, cache_dir=None, n_threads=None, progress=None, log=None):
     """The source's images as a read-only memory-mapped (N, 64, 64, 3) uint8 array.
 
@@ -119,14 +117,16 @@ def cached_images(source, cache_dir=None, n_threads=None, progress=None, log=Non
     mtimes (folder) are unchanged and the array's checksum holds. Processes that ask for the same
     cache at once decode it once: the others wait on its lock, then map it. `log` hears of a decode."""
     cache_dir = Path(cache_dir or default_cache_dir())
-    _make_cache_dir(cache_dir)
+    make_folder(cache_dir, 'cache')
     key = source_key(source)
     npy, meta_path = cache_dir/f"images-{key}.npy", cache_dir/f"images-{key}.json"
+    seen = _stamp(npy)
     arr = _load_valid(npy, meta_path, key, len(source))
     if arr is not None: return arr
     with FileLock(cache_dir/f"images-{key}.lock"):
         clean_stale_temps(cache_dir)
-        arr = _load_valid(npy, meta_path, key, len(source))
+        # Checked again only if another process wrote the cache while this one waited for the lock.
+        arr = _load_valid(npy, meta_path, key, len(source)) if _stamp(npy) != seen else None
         if arr is None:
             if log: log(f"decoding {len(source)} images from {source.display()} into {npy}")
             _write_cache(source, npy, meta_path, key, n_threads, progress)

@@ -5,12 +5,12 @@ from contextlib import nullcontext
 from .config import FitConfig, Runtime
 from .data import fold_splits
 from .errors import TheraError
-from .files import clean_stale_temps
+from .files import clean_stale_temps, make_folder
 from .callbacks import checkpoints
 from .progress import labelled_bar
 from .distributed import barrier, is_main, start_process_group, world_size
 from .report import run_summary, write_run_report
-from .runs import claim_run, fold_dir, fold_done, fold_lock, make_run_folder, prepare_data, run_record
+from .runs import claim_run, fold_dir, fold_done, fold_lock, prepare_data, run_record
 from .training import train_fold
 
 __all__ = ['cross_validate']
@@ -32,7 +32,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     splits = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)
     run = run_record(cfg, ds, rows, dkey)
     start_process_group(rt['device'])
-    if is_main(): claim_run(make_run_folder(out), run); clean_stale_temps(out)
+    if is_main(): claim_run(make_folder(out, 'output'), run); clean_stale_temps(out)
     barrier()
     if not is_main(): claim_run(out, run)
     done, say = [], log if is_main() else (lambda *_: None)

@@ -1,14 +1,13 @@
 """A run's fold models as ONNX graphs (uint8 images in, P(clean face) out) with the thresholds and vote rule in JSON,
 and a predictor that needs neither torch nor fastai (`onnx_predict.py`, copied beside them)."""
-import json, shutil
+import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from .ensemble import load_fold_models
-from .errors import TheraError
-from .files import atomic_write, write_json
+from .files import atomic_write, make_folder, write_json
 
 __all__ = ['OnnxFold', 'export_run']
 
@@ -32,9 +31,7 @@ def export_run(run,  # A thera-fit run folder
               ):
     "Exports every fold of `run` to ONNX in fp32 (no TTA); returns the manifest written as ensemble.json."
     models, run_info = load_fold_models(run, device='cpu', partial=partial, precision='fp32')
-    out = Path(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except OSError as e: raise TheraError(f"cannot create the export folder ({e.strerror})", out) from None
+    out = make_folder(out, 'export')
     folds = []
     for m in models:
         net = OnnxFold(m.learn.model.float().eval().to(memory_format=torch.contiguous_format), m.learn.fold_info['stats']).eval()

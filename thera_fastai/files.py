@@ -1,10 +1,11 @@
 """Writing and reading the files of a run safely: atomic writes, short content hashes, JSON with clear errors."""
 import errno, hashlib, json, os, re, tempfile, time
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import TheraError
 
-__all__ = ['atomic_write', 'create_exclusive', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
+__all__ = ['atomic_write', 'create_exclusive', 'make_folder', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
 
 _TMP = re.compile(r'^\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$')
 
@@ -19,6 +20,18 @@ def _space_error(e, path):
     return TheraError(f"cannot write ({reason})", path)
 
 
+@contextmanager
+def _temp_beside(path):
+    "A unique empty temporary file beside `path`, removed afterwards; an OSError inside is one `TheraError` naming `path`."
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp)
+        try: yield tmp
+        finally: tmp.unlink(missing_ok=True)
+    except OSError as e: raise _space_error(e, path) from None
+
+
 def atomic_write(path, write):
     """Calls `write(tmp_path)` on a unique temporary file beside `path`, then renames it onto `path`.
 
@@ -27,36 +40,31 @@ def atomic_write(path, write):
     can tell a dead writer's leftovers from a live one's. A full disk or a permission problem
     becomes one `TheraError` naming `path`, with the temporary file removed."""
     path = Path(path)
-    try: fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
-    except OSError as e: raise _space_error(e, path) from None
-    os.close(fd)
-    tmp = Path(tmp)
-    try:
+    with _temp_beside(path) as tmp:
         write(tmp)
         os.replace(tmp, path)
-    except OSError as e:
-        raise _space_error(e, path) from None
-    finally:
-        if tmp.exists(): tmp.unlink()
 
 
 def create_exclusive(path, text):
     """Creates `path` with `text` unless it exists, atomically (a hard link of a complete file); returns whether it did.
 
     Of several processes (or hosts sharing the folder) that create it at once, exactly one wins."""
-    path, created = Path(path), [False]
-    def link(tmp):
+    path = Path(path)
+    with _temp_beside(path) as tmp:
         tmp.write_text(text)
-        try: os.link(tmp, path); created[0] = True
-        except FileExistsError: pass
-        tmp.unlink()
-    try: fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
-    except OSError as e: raise _space_error(e, path) from None
-    os.close(fd)
-    try: link(Path(tmp))
-    except OSError as e: raise _space_error(e, path) from None
-    finally: Path(tmp).unlink(missing_ok=True)
-    return created[0]
+        try: os.link(tmp, path)
+        except FileExistsError: return False
+    return True
+
+
+def make_folder(path, what):
+    "Creates folder `path` (and its parents); one clear `TheraError` when it cannot be created or written to."
+    path = Path(path)
+    try: path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError): raise TheraError(f"cannot create the {what} folder (a file is in the way)", path) from None
+    except OSError as e: raise TheraError(f"cannot create the {what} folder ({e.strerror})", path) from None
+    if not os.access(path, os.W_OK | os.X_OK): raise TheraError(f"{what} folder is not writable", path)
+    return path
 
 
 def write_json(path, obj):

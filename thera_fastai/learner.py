@@ -12,7 +12,7 @@ from fastai.losses import BaseLoss, BCEWithLogitsLossFlat
 from .callbacks import speed_callbacks
 from .config import FitConfig, Runtime
 from .errors import TheraError
-from .files import atomic_write, file_hash, read_json
+from .files import atomic_write, read_json
 from .metrics import thera_metrics
 from .models import create_model
 
@@ -76,10 +76,9 @@ def weights_bytes(model):
 
 
 def save_weights(model, path):
-    "The model's weights as a safetensors file, atomically; returns its hash."
+    "The model's weights as a safetensors file, atomically."
     data = weights_bytes(model)
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
-    return file_hash(path)
 
 
 def load_weights(model, path):

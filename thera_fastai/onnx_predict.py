@@ -52,18 +52,18 @@ def read_images(read, names, size):
 
 
 def load_ensemble(folder):
-    "(sessions, manifest) of an export folder."
+    "(fold models as onnxruntime runners, manifest) of an export folder."
     import onnxruntime as ort
     folder = Path(folder)
     manifest = json.loads((folder/'ensemble.json').read_text())
-    sessions = [ort.InferenceSession(str(folder/f['file']), providers=['CPUExecutionProvider']) for f in manifest['folds']]
-    return sessions, manifest
+    runners = [ort.InferenceSession(str(folder/f['file']), providers=['CPUExecutionProvider']) for f in manifest['folds']]
+    return runners, manifest
 
 
-def predict(sessions, images, bs=512):
+def predict(runners, images, bs=512):
     "(K, N) probabilities of the K fold models."
     return np.stack([np.concatenate([s.run(None, {'images': images[i:i + bs]})[0] for i in range(0, len(images), bs)])
-                     for s in sessions]).astype(np.float64)
+                     for s in runners]).astype(np.float64)
 
 
 def vote(probs, thresholds):
@@ -79,17 +79,17 @@ def main(argv=None):
     ap.add_argument('export'); ap.add_argument('images')
     ap.add_argument('--out', default='label_val.txt'); ap.add_argument('--votes', default=None)
     a = ap.parse_args(argv)
-    sessions, manifest = load_ensemble(a.export)
+    runners, manifest = load_ensemble(a.export)
     read, names = list_images(a.images)
     if not names: sys.exit(f"{a.images}: no JPEG images")
-    probs = predict(sessions, read_images(read, names, manifest['image_size']))
+    probs = predict(runners, read_images(read, names, manifest['image_size']))
     labels = vote(probs, [f['threshold'] for f in manifest['folds']])
     Path(a.out).write_text(''.join(f"{v}\n" for v in labels))
     if a.votes:
         head = ['image'] + [f"prob_fold{f['fold']}" for f in manifest['folds']] + ['label']
         rows = [','.join([Path(n).name, *(f"{p:.6f}" for p in probs[:, i]), str(labels[i])]) for i, n in enumerate(names)]
         Path(a.votes).write_text('\n'.join([','.join(head), *rows]) + '\n')
-    print(f"{len(names)} images, {len(sessions)} fold model{'s' * (len(sessions) != 1)}: class 0 {1 - labels.mean():.2%}; wrote {a.out}")
+    print(f"{len(names)} images, {len(runners)} fold model{'s' * (len(runners) != 1)}: class 0 {1 - labels.mean():.2%}; wrote {a.out}")
 
 
 if __name__ == '__main__': main()

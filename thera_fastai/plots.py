@@ -2,7 +2,6 @@
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from . import metrics
 from .callbacks import read_history

@@ -34,9 +34,9 @@ def cv_summary(oof, prob='prob_tta'):
 _FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'images_seen', 'n_train', 'n_valid', 'runtime', 'resumed_from_epoch')
 
 
-def run_summary(out):
-    "(summary, pooled out-of-fold frame) of run folder `out`: per-fold results, pooled metrics over the finished folds."
-    run = open_run(out)
+def run_summary(out, run=None):
+    "(summary, pooled out-of-fold frame) of run folder `out` (`run`: its config.json, if already read): per-fold and pooled metrics."
+    run = run or open_run(out)
     folds = finished_folds(out, run)
     summary = dict(run_id=run['run_id'], config=run['config'], n_images=run.get('n_images'), versions=run.get('versions', {}),
                    fit_seconds=sum(f['fit_seconds'] for f in folds.values()),
@@ -86,9 +86,9 @@ def write_run_report(out):
     one to write has seen every fold."""
     from .plots import write_plots
     out = Path(out)
-    open_run(out)  # before the lock, which would create the folder
+    run = open_run(out)  # before the lock, which would create the folder
     with FileLock(out/'.report.lock'):
-        summary, oof = run_summary(out)
+        summary, oof = run_summary(out, run)
         write_json(out/'report.json', summary)
         text = markdown_report(summary)
         atomic_write(out/'report.md', lambda tmp: tmp.write_text(text))

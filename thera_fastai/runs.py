@@ -17,7 +17,7 @@ from .learner import FOLD_FILE, WEIGHTS_FILE
 from .source import open_dataset
 
 __all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'fold_dir', 'fold_done', 'finished_folds',
-           'fold_lock', 'fold_rows', 'prepare_data', 'read_oof', 'write_oof', 'make_run_folder']
+           'fold_lock', 'fold_rows', 'prepare_data', 'read_oof', 'write_oof']
 
 RUN_FILE = 'config.json'
 FOLD_FILES = (WEIGHTS_FILE, 'oof.csv', 'history.csv')
@@ -47,16 +47,6 @@ def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
     return dict(run_id=run_id(cfg, dkey), config=cfg.to_dict(), data_key=dkey, data=str(ds.path), n_images=len(rows),
                 versions=library_versions())
-
-
-def make_run_folder(out):
-    "Creates `out` (and its parents); a path that cannot be a folder or is not writable is one clear line."
-    out = Path(out)
-    try: out.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError): raise TheraError("cannot create the output folder (a file is in the way)", out) from None
-    except OSError as e: raise TheraError(f"cannot create the output folder ({e.strerror})", out) from None
-    if not os.access(out, os.W_OK | os.X_OK): raise TheraError("output folder is not writable", out)
-    return out
 
 
 def open_run(out):

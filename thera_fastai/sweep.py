@@ -78,7 +78,6 @@ def open_study(out, study='thera', storage=None):
 
 def _objective(data, out, space, fit_kwargs, prune_above):
     import optuna
-    from .report import run_summary
     from . import api
 
     def objective(trial):
@@ -88,8 +87,7 @@ def _objective(data, out, space, fit_kwargs, prune_above):
         trial.set_user_attr('run', str(run))
         hter = None
         for k in range(cfg.folds):
-            api.fit(data, run, fold=k, **fit_kwargs, **values)
-            hter = run_summary(run)[0]['pooled']['cross_fitted']['hter']
+            hter = api.fit(data, run, fold=k, **fit_kwargs, **values)['pooled']['cross_fitted']['hter']  # over the folds so far
             trial.report(hter, k)
             if (prune_above is not None and hter > prune_above) or trial.should_prune(): raise optuna.TrialPruned()
         return hter
@@ -107,7 +105,6 @@ def sweep(data,  # The exercise zip or its extracted folder
           **fit_kwargs,  # Passed to `fit`: cache, device, precision, threads
          ):
     "Runs `trials` trials of the study in this process; returns the study. Start the same call on other machines to add workers."
-    import optuna
     if not isinstance(trials, int) or trials < 1: raise TheraError(f"must be at least 1 (got {trials!r})", param='trials')
     space = space if isinstance(space, dict) else read_space(space)
     st = open_study(out, study, storage)
