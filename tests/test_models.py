@@ -1,4 +1,4 @@
-"""The two architectures: shapes, the 64x64 stems, and pretrained weights that fail clearly offline."""
+"""The architectures: shapes, the 64x64 stems of the simple CNN, ResNet-18 and any timm model, costs, and pretrained weights that fail clearly offline."""
 import pytest
 import torch
 
@@ -65,3 +65,37 @@ def test_local_weights_load_and_bad_ones_are_refused(tmp_path):
     assert torch.equal(m.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
     torch.save({'x': torch.zeros(1)}, tmp_path/'bad.pth')
     with pytest.raises(TheraError, match='not a resnet18 state dict'): resnet18_64(weights=tmp_path/'bad.pth')
+
+
+@pytest.mark.parametrize('name', ['resnet10t', 'regnetx_002', 'mobilenetv3_small_100', 'convnext_atto', 'repvgg_a0'])
+def test_any_timm_model_is_adapted_to_64px_by_one_rule(name):
+    import timm
+    from thera_fastai.models import timm_64
+    side = {stem: timm_64(name, stem).forward_features(torch.randn(1, 3, 64, 64)).shape[-1] for stem in ('default', 'x2', 'x4')}
+    assert side['x2'] == 2 * side['default'] and side['x4'] == 4 * side['default']
+    assert side['default'] == timm.create_model(name).forward_features(torch.randn(1, 3, 64, 64)).shape[-1]
+    m = timm_64(name)
+    assert m(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_unknown_arch_names_the_closest_timm_models():
+    from thera_fastai.models import check_arch
+    with pytest.raises(TheraError) as e: check_arch('convnext_ato')
+    assert 'closest names: convnext_atto' in str(e.value) and e.value.param == 'arch'
+    assert check_arch('simple') == 'simple' and check_arch('efficientnet_b0') == 'efficientnet_b0'
+
+
+def test_model_profile_counts_parameters_and_training_flops():
+    from thera_fastai.models import model_profile
+    conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    p = model_profile(conv)
+    assert p['params'] == 8 * 3 * 9
+    assert p['train_gflop'] == pytest.approx(3 * 2 * 8 * 3 * 9 * 64 * 64 / 1e9)
+    simple, air = model_profile(SimpleCNN()), model_profile(create_model('airbench'))
+    assert simple['params'] == sum(q.numel() for q in SimpleCNN().parameters()) and 0.2 < simple['train_gflop'] < 0.4
+    assert air['train_gflop'] > simple['train_gflop']
+
+
+def test_airbench_net_gives_one_logit_at_64px():
+    m = create_model('airbench')
+    assert m(torch.randn(4, 3, 64, 64)).shape == (4, 1)

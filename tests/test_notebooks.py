@@ -23,4 +23,4 @@ def test_notebook_runs(nb_path, tiny_folder, tmp_path, monkeypatch):
 
 
 def test_notebooks_exist():
-    assert {p.stem for p in NBS} >= {'00_explore', '01_lr_find', '02_cv_results'}
+    assert {p.stem for p in NBS} >= {'00_explore', '01_lr_find', '02_cv_results', '03_label_audit'}

@@ -6,12 +6,26 @@
     learn = tf.load_fold_learner('runs/simple/fold0', data='ml_exercise_therapanacea.zip')  # lr_find, tta, interpretation
 
 Names are imported on first use, so `import thera_fastai` stays fast."""
-__version__ = '0.2.0'
+import sys, types
 
-_EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'load_fold_learner': 'learner',
+__version__ = '0.3.0'
+
+_EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'compare': 'api', 'audit': 'api',
+            'load_fold_learner': 'learner', 'grad_cam': 'saliency', 'plot_saliency': 'saliency', 'create_model': 'models',
+            'model_profile': 'models',
             'FitConfig': 'config', 'Runtime': 'config', 'RECIPES': 'config', 'TheraError': 'errors', 'error_rates': 'metrics',
             'hter': 'metrics', 'open_dataset': 'source', 'cached_images': 'cache', 'fold_rows': 'runs'}
 __all__ = list(_EXPORTS)
+
+
+class _Package(types.ModuleType):
+    "Keeps an exported function (`report`, `explore`) when Python binds the submodule of the same name onto the package."
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType): return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

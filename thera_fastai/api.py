@@ -6,7 +6,7 @@ from .config import FitConfig, Runtime
 from .errors import TheraError
 from .inference import TTA_SEED
 
-__all__ = ['fit', 'predict', 'report', 'explore', 'make_config', 'default_out']
+__all__ = ['fit', 'predict', 'report', 'explore', 'compare', 'audit', 'make_config', 'default_out']
 
 
 def make_config(**config):
@@ -81,3 +81,25 @@ def explore(data,  # The exercise zip or its extracted folder
     "Counts, class balance, image sizes and pixel statistics, and a PNG grid of samples per class."
     from .explore import explore_dataset
     return explore_dataset(data, out, n, cache, seed)
+
+
+def compare(runs,  # Run folders of thera-fit
+            out='.',  # Folder for compare.md, compare.csv and compare.png
+            target:float=None,  # Also the minutes each run's first fold took to first reach this HTER
+           ):
+    "Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and plot."
+    from .comparison import write_comparison
+    return write_comparison(runs, out, target)
+
+
+def audit(run,  # A thera-fit run folder
+          out=None,  # Folder for label_issues.csv, audit.md, audit.json and the grids (default: `run`/audit)
+          data=None,  # The exercise zip or folder, for names and grids (default: the run's own)
+          n:int=16,  # Suspects per given label in the grids (0: none)
+          cache=None,  # Folder of the decoded image cache
+          device:str='auto',  # auto, cpu or cuda, for the saliency maps
+         ) -> tuple:  # (audit summary, label issues frame)
+    "cleanlab's label audit of a run's pooled out-of-fold predictions; writes its files under `out`."
+    from .label_audit import write_audit
+    from .config import Runtime
+    return write_audit(run, out, data, n, cache, Runtime(device=device).resolved()['device'])

@@ -76,7 +76,8 @@ def _unwrapped(model):
 def _ckpt_bytes(learn, epoch):
     buf = io.BytesIO()
     smooth = learn.recorder.smooth_loss  # the logged train_loss: a moving average that runs across epochs
-    state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)])
+    state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)],
+                 extra={type(cb).__name__: cb.checkpoint_state() for cb in learn.cbs if hasattr(cb, 'checkpoint_state')})
     torch.save(dict(epoch=epoch, model=_unwrapped(learn.model).state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
     return buf.getvalue()
 

@@ -13,7 +13,7 @@ from .errors import EXIT_BAD_INPUT, TheraError
 from .inference import TTA_SEED
 from .progress import plural, show_bars
 
-__all__ = ['fit', 'predict', 'report', 'explore', 'sweep', 'export', 'demo']
+__all__ = ['fit', 'predict', 'report', 'explore', 'sweep', 'export', 'demo', 'compare', 'audit']
 
 # Third-party modules whose deprecation notices are not the user's concern; the package's own warnings always show.
 _NOISY = ('fastai', 'fastcore', 'fasttransform', 'torch', 'timm', 'numpy', 'sklearn', 'plum', 'IPython', 'matplotlib')
@@ -57,7 +57,7 @@ _D = FitConfig  # defaults below are FitConfig's and Runtime's own
 @call_parse
 def fit(
     data:str = None, # The exercise zip or its extracted folder
-    arch:str = _D.arch, # Model: simple or resnet18
+    arch:str = _D.arch, # Model: simple, airbench, resnet18, or any timm model name (adapted to 64x64 by --stem)
     folds:int = _D.folds, # Number of stratified folds
     epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe, 13 for simple)
     out:str = None, # Run folder (default: runs/<arch>)
@@ -74,9 +74,15 @@ def fit(
     max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
     schedule:str = _D.schedule, # LR schedule: one_cycle, step (x0.1 every 10 epochs) or constant
     label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2
-    stem:str = _D.stem, # ResNet-18 stem for 64x64: nopool (its default), default or conv3
-    pretrained:store_true = _D.pretrained, # Start the ResNet from timm's pretrained weights (needs them locally)
-    weights:str = _D.weights, # Local resnet18 state-dict file to start from
+    stem:str = _D.stem, # Stem for 64x64 of timm models: x2 (default), x4 or default; resnet18: nopool (default), default or conv3
+    pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
+    weights:str = _D.weights, # Local state-dict file of the timm model to start from
+    resize_from:int = _D.resize_from, # Progressive resizing: the first half of the epochs at this many pixels (e.g. 32)
+    ema:float = _D.ema, # EMA of the weights with this decay (e.g. 0.999), used for validation and kept at the end
+    bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability
+    exclude:str = _D.exclude, # File of rows or image names to leave out of training (e.g. thera-audit's label_issues.csv)
+    distill:str = _D.distill, # Teacher run folder (same folds and seed): its fold model's probabilities become soft targets
+    distill_weight:float = _D.distill_weight, # Weight of the teacher's probability in the soft target
     device:str = Runtime.device, # auto (a GPU where one is visible), cpu or cuda
     precision:str = Runtime.precision, # bf16, fp16 (CUDA), fp32, or auto: bf16 where native, else fp16 on a GPU, else fp32
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
@@ -90,7 +96,8 @@ def fit(
         from .api import fit as fit_run
         config = dict(arch=arch, folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
-                      label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights)
+                      label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
+                      ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight)
         summary = fit_run(data, out, fold=fold, cache=cache, device=device, precision=precision, threads=threads,
                           bars=show_bars(quiet), log=lambda line: print(line, flush=True), **config)
         _print_summary(summary, out or Path('runs')/arch)
@@ -229,3 +236,44 @@ def demo(
         from .demo import serve
         print(f"thera-demo: serving {models} on http://{host}:{port} (Ctrl-C stops)", flush=True)
         serve(models, data, host, port, device)
+
+
+@call_parse
+def compare(
+    *runs:str, # Run folders of thera-fit
+    out:str = '.', # Folder for compare.md, compare.csv and compare.png
+    target:float = None, # Also report the minutes each run's first fold took to first reach this HTER (e.g. 0.08)
+):
+    "Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a plot."
+    with _friendly('thera-compare'):
+        if not runs: raise TheraError("needs at least one run folder")
+        _quiet_third_party()
+        from .api import compare as compare_runs
+        frame = compare_runs(runs, out, target)
+        from .comparison import comparison_markdown
+        print(comparison_markdown(frame))
+        print(f"Wrote {Path(out)/'compare.md'}, {Path(out)/'compare.csv'} and {Path(out)/'compare.png'}")
+
+
+@call_parse
+def audit(
+    models:str = None, # A thera-fit run folder (its pooled out-of-fold predictions are audited)
+    out:str = None, # Folder for label_issues.csv, audit.md, audit.json and the suspect grids (default: <models>/audit)
+    data:str = None, # The exercise zip or folder, for image names and grids (default: the one the run was trained on)
+    n:int = 16, # Suspects per given label in the grids (0: no grids)
+    cache:str = None, # Folder for the decoded image cache
+    device:str = Runtime.device, # auto, cpu or cuda (for the saliency maps)
+):
+    "Label audit of a run with cleanlab: flagged labels, noise rates, the HTER floor they imply, suspect grids with Grad-CAM."
+    with _friendly('thera-audit'):
+        _require(models=models)
+        if n < 0: raise TheraError(f"must be at least 0 (got {n})", param='n')
+        _quiet_third_party()
+        from .api import audit as audit_run
+        a, _ = audit_run(models, out, data=data, n=n, cache=cache, device=device)
+        where = Path(out or Path(models)/'audit')
+        nz = a['noise']
+        print(f"{plural(a['n_flagged'], 'label')} flagged of {a['n_rows']:,} ({a['flagged_by_label'][0]} labelled 0, "
+              f"{a['flagged_by_label'][1]} labelled 1); P(true 1 | given 0) {nz['p_true1_given0']:.4f}, "
+              f"P(true 0 | given 1) {nz['p_true0_given1']:.4f}; implied HTER floor {nz['hter_floor']:.4f}; "
+              f"run HTER {a['hter_all']:.4f} on all rows, {a['hter_unflagged']:.4f} on rows not flagged. Wrote {where/'audit.md'}")

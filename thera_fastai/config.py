@@ -6,15 +6,16 @@ import torch
 
 from .cache import IMAGE_SHAPE
 from .errors import TheraError
-from .models import ARCHS, RESNET_STEMS
+from .models import ARCHS, arch_stems, check_arch
 
 __all__ = ['FitConfig', 'Runtime', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
 
 # Peak learning rates for fit_one_cycle, between lr_find's valley (1e-3) and minimum/10 (6.9e-3) for the
 # simple CNN on fold 0 of the full data (nbs/01_lr_find.ipynb). Epochs: what fits in 30 minutes per fold
 # on a 2-core bf16 CPU (pooled out-of-fold HTER 0.077 over 5 folds, flat after epoch 10, docs/results.md).
-# The ResNet's lr and epochs are not measured at scale.
-RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4, stem='nopool')}
+# The other recipes' lr and epochs are not measured at scale; 'timm' is the recipe of any other timm name.
+RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4, stem='nopool'),
+           'airbench': dict(lr=3e-3, bs=128, epochs=6), 'timm': dict(lr=2e-3, bs=128, epochs=4, stem='x2')}
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
@@ -33,7 +34,7 @@ def _at_least(value, low, param, kind=int):
 @dataclass
 class FitConfig:
     "Everything that decides what a fit computes: saved with the run, hashed into its identity, compared on resume."
-    arch: str = 'simple'  # Model: simple (the seed's CNN) or resnet18 (timm, stem altered for 64x64)
+    arch: str = 'simple'  # Model: simple (the seed's CNN), airbench (CIFAR speed-run net), resnet18, or any timm model name
     folds: int = 5  # Number of stratified folds
     epochs: int = None  # Epochs per fold (None: the arch's recipe)
     bs: int = None  # Batch size (None: the arch's recipe)
@@ -49,19 +50,28 @@ class FitConfig:
     tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
     sample: int = None  # Stratified subset of this many images (None: all)
     widths: tuple = None  # Conv widths per block of the simple CNN (None: the seed's)
-    stem: str = None  # ResNet stem for 64x64: nopool, default or conv3 (None: the recipe's; resnet18 only)
-    pretrained: bool = False  # Start the ResNet from timm's pretrained weights (needs them locally)
-    weights: str = None  # Local resnet18 state-dict file to start from
+    stem: str = None  # Stem for 64x64 (timm models): resnet18 nopool, default or conv3; others x2, x4 or default (None: the recipe's)
+    pretrained: bool = False  # Start a timm model from timm's pretrained weights (needs them locally)
+    weights: str = None  # Local state-dict file of the timm model to start from
+    resize_from: int = None  # Progressive resizing: the first half of the epochs at this many pixels, then full size
+    ema: float = None  # Keep an exponential moving average of the weights with this decay (e.g. 0.999) and use it
+    bootstrap: float = None  # Soft bootstrapping (Reed et al. 2015): BCE target = b * label + (1 - b) * the model's own probability
+    exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
+    distill: str = None  # Teacher run folder: its fold model's TTA probabilities become soft targets
+    distill_weight: float = 0.5  # Weight of the teacher's probability in the soft target (the label has the rest)
     image_size: tuple = IMAGE_SHAPE  # (height, width, channels) of the images
 
     def __post_init__(self):
-        _choice(self.arch, ARCHS, 'arch')
-        recipe = RECIPES[self.arch]
+        check_arch(self.arch)
+        recipe = RECIPES.get(self.arch, RECIPES['timm'])
         for k in ('bs', 'lr', 'epochs'):
             if getattr(self, k) is None: setattr(self, k, recipe[k])
         self.image_size = tuple(self.image_size)
         if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
+        for k in ('exclude', 'distill'):
+            if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
+        if self.stem is None: self.stem = recipe.get('stem')
         self._check()
 
     def _check(self):
@@ -73,19 +83,24 @@ class FitConfig:
         if not 0 <= self.max_rotate <= 180: raise TheraError(f"must be in [0, 180] degrees (got {self.max_rotate!r})", param='max_rotate')
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
-        if self.arch == 'resnet18':
-            if self.stem is None: self.stem = RECIPES['resnet18']['stem']
-            _choice(self.stem, RESNET_STEMS, 'stem')
-            if self.widths is not None: raise TheraError("applies to --arch simple only", param='widths')
+        if self.widths is not None and self.arch != 'simple': raise TheraError("applies to --arch simple only", param='widths')
+        if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:
             for k in ('stem', 'weights'):
-                if getattr(self, k) is not None: raise TheraError("applies to --arch resnet18 only", param=k)
-            if self.pretrained: raise TheraError("applies to --arch resnet18 only", param='pretrained')
+                if getattr(self, k) is not None: raise TheraError("applies to timm models only", param=k)
+            if self.pretrained: raise TheraError("applies to timm models only", param='pretrained')
+        if self.resize_from is not None:
+            _at_least(self.resize_from, 16, 'resize_from')
+            if self.resize_from >= self.image_size[0]: raise TheraError(f"must be below the image size {self.image_size[0]}", param='resize_from')
+        if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
+        if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
+        if not 0 < self.distill_weight <= 1: raise TheraError(f"must be in (0, 1] (got {self.distill_weight!r})", param='distill_weight')
         if self.image_size != IMAGE_SHAPE: raise TheraError(f"must be {IMAGE_SHAPE} (got {self.image_size})", param='image_size')
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
         if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
+        if not arch_stems(self.arch): return {}
         return dict(stem=self.stem, pretrained=self.pretrained, weights=self.weights)
 
     def aug_kwargs(self): return dict(flip=self.flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)

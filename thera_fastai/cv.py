@@ -2,6 +2,8 @@
 then the run's report from what is on disk."""
 from contextlib import nullcontext
 
+import numpy as np
+
 from .config import FitConfig, Runtime
 from .data import fold_splits
 from .errors import TheraError
@@ -28,7 +30,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         raise TheraError(f"{only_fold} is out of range for {cfg.folds} folds (0..{cfg.folds - 1})", param='fold')
     rt = runtime.resolved()
     runtime.apply()
-    ds, images, rows, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
+    ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     splits = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)
     run = run_record(cfg, ds, rows, dkey)
     start_process_group(rt['device'])
@@ -39,9 +41,11 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     for k, (tr, va) in enumerate(splits):
         if only_fold not in (None, k): continue
         if fold_done(fold_dir(out, k), run['run_id']): say(f"fold {k}/{cfg.folds}: already finished, skipped"); done.append(k); continue
+        train_rows = np.setdiff1d(rows[tr], excluded)
         with (fold_lock(out, k) if is_main() else nullcontext(fold_dir(out, k))) as folder:
-            say(f"fold {k}/{cfg.folds}: training on {len(tr)} images, validating on {len(va)} ({_how(rt)})")
-            try: info = train_fold(images, ds.labels, rows[tr], rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log)
+            left_out = f" ({len(tr) - len(train_rows)} excluded)" if len(excluded) else ''
+            say(f"fold {k}/{cfg.folds}: training on {len(train_rows)} images{left_out}, validating on {len(va)} ({_how(rt)})")
+            try: info = train_fold(images, ds.labels, train_rows, rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
         if info: say(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")

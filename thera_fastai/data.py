@@ -63,6 +63,7 @@ class CacheDL(WeightedDL):
         stop = len(samps) - len(samps) % self.bs if self.drop_last else len(samps)
         for start in range(0, stop, self.bs):
             rows = items[samps[start:start + self.bs]]
+            self.batch_rows = rows  # the cache rows of the batch being yielded, for per-row targets (distillation)
             x = get_x.gather(rows)
             yield (x,) if get_y is None else (x, TensorCategory(torch.from_numpy(get_y.labels[rows].astype(np.int64))))
 
@@ -156,10 +157,11 @@ def sample_rows(labels, n, seed):
     return np.sort(sub)
 
 
-def data_key(images_key, labels, rows):
-    "A hash of the training data a fit saw: the cache key, the labels and the rows used."
-    return short_hash(images_key.encode(), np.ascontiguousarray(labels, dtype=np.int8).tobytes(),
-                      np.ascontiguousarray(rows, dtype=np.int64).tobytes())
+def data_key(images_key, labels, rows, excluded=()):
+    "A hash of the training data a fit saw: the cache key, the labels, the rows used and those left out of training."
+    parts = [images_key.encode(), np.ascontiguousarray(labels, dtype=np.int8).tobytes(), np.ascontiguousarray(rows, dtype=np.int64).tobytes()]
+    if len(excluded): parts.append(np.ascontiguousarray(excluded, dtype=np.int64).tobytes())
+    return short_hash(*parts)
 
 
 def images_dl(dls, images, bs=None):

@@ -24,21 +24,26 @@ WEIGHTS_FILE, FOLD_FILE = 'model.safetensors', 'fold.json'
 
 class BalancedBCELoss(BaseLoss):
     """`BCEWithLogitsLossFlat` with its class-1 term scaled by `pos_weight` (fastai's refuses `pos_weight` with
-    flattening) and optional label smoothing: targets become `eps/2` and `1 - eps/2`."""
-    def __init__(self, pos_weight=1.0, smoothing=0.0, thresh=0.5):
+    flattening), optional label smoothing (targets `eps/2` and `1 - eps/2`) and optional soft bootstrapping
+    (Reed et al. 2015, in training steps only): target `b * label + (1 - b) * the model's own detached probability`,
+    so a confident prediction against a wrong label pulls less."""
+    def __init__(self, pos_weight=1.0, smoothing=0.0, bootstrap=None, thresh=0.5):
         super().__init__(nn.BCEWithLogitsLoss, pos_weight=torch.tensor([float(pos_weight)]), flatten=True, floatify=True,
                          is_2d=False)
-        self.smoothing, self.thresh = smoothing, thresh
+        self.smoothing, self.bootstrap, self.thresh = smoothing, bootstrap, thresh
     def __call__(self, inp, targ, **kwargs):
-        return super().__call__(inp, targ.float() * (1 - self.smoothing) + self.smoothing / 2, **kwargs)
+        targ = targ.float().view(-1) * (1 - self.smoothing) + self.smoothing / 2
+        if self.bootstrap is not None and torch.is_grad_enabled() and inp.requires_grad:
+            targ = self.bootstrap * targ + (1 - self.bootstrap) * torch.sigmoid(inp.detach().float().view(-1))
+        return super().__call__(inp, targ, **kwargs)
     def decodes(self, x): return x > self.thresh
     def activation(self, x): return torch.sigmoid(x)
 
 
-def balanced_loss(labels, smoothing=0.0):
+def balanced_loss(labels, smoothing=0.0, bootstrap=None):
     "BCE whose class-1 term is scaled by n0/n1, so both classes weigh the same in the loss."
     counts = np.bincount(np.asarray(labels), minlength=2)
-    return BalancedBCELoss(counts[0] / counts[1], smoothing)
+    return BalancedBCELoss(counts[0] / counts[1], smoothing, bootstrap)
 
 
 def step_schedule(lr, epochs, step_epochs=10, gamma=0.1):
@@ -50,10 +55,10 @@ def _stepped(lr, epochs, step_epochs, gamma, pos): return lr * gamma ** int(pos 
 
 
 def _loss(cfg, train_labels):
-    if cfg.balance == 'loss':
-        if train_labels is None: return BalancedBCELoss(smoothing=cfg.label_smoothing)  # prediction only: the weight plays no part
-        return balanced_loss(train_labels, cfg.label_smoothing)
-    return BalancedBCELoss(smoothing=cfg.label_smoothing) if cfg.label_smoothing else BCEWithLogitsLossFlat()
+    if cfg.balance == 'loss' and train_labels is not None: return balanced_loss(train_labels, cfg.label_smoothing, cfg.bootstrap)
+    if cfg.balance == 'loss' or cfg.label_smoothing or cfg.bootstrap or cfg.distill:  # (prediction only: the weight plays no part)
+        return BalancedBCELoss(smoothing=cfg.label_smoothing, bootstrap=cfg.bootstrap)
+    return BCEWithLogitsLossFlat()
 
 
 def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None, init_weights=True):
@@ -63,7 +68,7 @@ def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None
     `init_weights=False` skips pretrained or `weights` initialization, for a model whose weights are loaded next."""
     rt = runtime or Runtime().resolved()
     kwargs = cfg.model_kwargs()
-    if not init_weights and cfg.arch == 'resnet18': kwargs.update(pretrained=False, weights=None)
+    if not init_weights and 'pretrained' in kwargs: kwargs.update(pretrained=False, weights=None)
     model = create_model(cfg.arch, **kwargs).to(rt['device'])
     return Learner(dls, model, loss_func=_loss(cfg, train_labels), metrics=thera_metrics(), wd=cfg.wd, path=path, model_dir='.',
                    cbs=speed_callbacks(rt['channels_last'], rt['precision']))

@@ -1,10 +1,14 @@
-"""The two architectures: the seed's simple CNN and a timm ResNet-18 with a 64x64 stem."""
+"""The architectures: the seed's simple CNN, a CIFAR speed-run style net, and any timm model with its stem
+adapted to 64x64 (`timm_64`); plus what a model costs (`model_profile`)."""
+import difflib
+
 import torch
 from torch import nn
 
 from .errors import TheraError
 
-__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'resnet18_64', 'RESNET_STEMS', 'ARCHS', 'create_model']
+__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
+           'ARCHS', 'arch_stems', 'check_arch', 'create_model', 'model_profile']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
 DEFAULT_HEAD = (64, 128)
@@ -76,19 +80,142 @@ def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
     return model
 
 
-def _load_backbone(model, path):
-    "Loads a local timm resnet18 state dict, skipping the classifier (it has 1000 outputs there)."
+def _load_backbone(model, path, name='resnet18'):
+    "Loads a local timm state dict, skipping the classifier (it has 1000 outputs there)."
     try: state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e: raise TheraError(f"{path}: cannot read weights ({e})") from None
-    state = {k: v for k, v in state.items() if not k.startswith('fc.')}
+    head = getattr(model, 'default_cfg', {}).get('classifier', 'fc')
+    head_keys = {f"{head}.weight", f"{head}.bias"}
+    state = {k: v for k, v in state.items() if k not in head_keys}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) - {'fc.weight', 'fc.bias'}:
-        raise TheraError(f"{path}: not a resnet18 state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+    if unexpected or set(missing) - head_keys:
+        raise TheraError(f"{path}: not a {name} state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
-ARCHS = {'simple': simple_cnn, 'resnet18': resnet18_64}
+def conv_bn_gelu(ni, nf):
+    return nn.Sequential(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.BatchNorm2d(nf), nn.GELU())
+
+
+class AirbenchBlock(nn.Sequential):
+    "airbench's block: conv, 2x2 max-pool, BatchNorm, GELU, then conv, BatchNorm, GELU."
+    def __init__(self, ni, nf):
+        super().__init__(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(nf), nn.GELU(),
+                         conv_bn_gelu(nf, nf))
+
+
+class Scale(nn.Module):
+    def __init__(self, scale): super().__init__(); self.scale = scale
+    def forward(self, x): return x * self.scale
+
+
+def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3):
+    """The CIFAR-10 speed-run network (Keller Jordan's airbench94) adapted to 64 px.
+
+    A 2x2 stride-2 patch conv halves 64 px to the 32 px the CIFAR net was made for; then its three
+    conv-pool-BN blocks, a global max-pool and a linear layer scaled by 1/9 (airbench's logit scale)."""
+    layers, ni = [nn.Conv2d(n_in, stem_width, 2, stride=2, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()], stem_width
+    for nf in widths: layers.append(AirbenchBlock(ni, nf)); ni = nf
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(ni, 1, bias=False), Scale(1 / 9)]
+    return nn.Sequential(*layers)
+
+
+TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
+
+
+def _strided_steps(model, size=64, n_in=3):
+    """The model's downsampling leaf modules in forward order, grouped by the spatial size they receive: one
+    group per stride-2 step (a residual block's main path and shortcut fall in the same group)."""
+    seen, hooks = [], []
+    def record(mod, inp, out):
+        if torch.is_tensor(inp[0]) and inp[0].dim() == 4 and torch.is_tensor(out) and out.dim() == 4 and out.shape[-1] < inp[0].shape[-1]:
+            seen.append((inp[0].shape[-1], mod))
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)): hooks.append(m.register_forward_hook(record))
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(): model(torch.zeros(1, n_in, size, size))
+    finally:
+        for h in hooks: h.remove()
+        model.train(training)
+    steps = {}
+    for in_size, mod in seen: steps.setdefault(in_size, []).append(mod)
+    return [steps[k] for k in sorted(steps, reverse=True)]
+
+
+def _unstride(model, mod):
+    "Halves one module's stride; a pool that would no longer downsample is removed."
+    if isinstance(mod, (nn.MaxPool2d, nn.AvgPool2d)):
+        for parent in model.modules():
+            for name, child in parent.named_children():
+                if child is mod: setattr(parent, name, nn.Identity())
+        return
+    stride = tuple(max(s // 2, 1) for s in mod.stride)
+    k = mod.kernel_size
+    if all(x % 2 == 0 for x in k):  # a patchify conv (ConvNeXt's 4x4 stride 4): pad so the size divides exactly
+        mod.padding = 'same' if stride == (1, 1) else tuple((x - s) // 2 for x, s in zip(k, stride))
+    mod.stride = stride
+
+
+def timm_64(name, stem='x2', pretrained=False, weights=None, n_in=3, size=64):
+    """Any `timm.list_models()` name with one logit, adapted to `size` px by one rule.
+
+    `stem`: how many of the model's first stride-2 steps, in forward order, become stride 1:
+    'default' none (timm's network, built for 224 px: a 2x2 final map at 64 px for a 32x net), 'x2'
+    one (final map 2x wider, what ResNet-18's `nopool` does), 'x4' two. A step is every downsampling
+    module that receives the same input size, so a block's main path and its shortcut change together."""
+    import timm
+    check_arch(name)
+    if stem not in TIMM_STEMS: raise TheraError(f"unknown stem {stem!r} for {name}: use {', '.join(TIMM_STEMS)}", param='stem')
+    try: model = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=1, in_chans=n_in)
+    except Exception as e:
+        if not pretrained: raise TheraError(f"timm could not build {name} ({type(e).__name__}: {str(e)[:120]})", param='arch') from None
+        raise TheraError(f"timm could not get pretrained {name} weights ({type(e).__name__}); "
+                         "pass --weights FILE with a local state dict, or train without --pretrained") from None
+    if weights is not None: _load_backbone(model, weights, name)
+    steps = _strided_steps(model, size, n_in)
+    if len(steps) < TIMM_STEMS[stem]: raise TheraError(f"{name} has only {len(steps)} downsampling steps", param='stem')
+    for step in steps[:TIMM_STEMS[stem]]:
+        for mod in step: _unstride(model, mod)
+    return model
+
+
+ARCHS = {'simple': simple_cnn, 'resnet18': resnet18_64, 'airbench': airbench_64}
+
+
+def arch_stems(arch):
+    "The `stem` values `arch` takes (empty for the package's own nets, which have one stem)."
+    if arch == 'resnet18': return RESNET_STEMS
+    return () if arch in ARCHS else tuple(TIMM_STEMS)
+
+
+def check_arch(arch):
+    "Refuses a name that is neither a package arch nor a timm model, naming the closest ones."
+    if arch in ARCHS: return arch
+    import timm
+    if isinstance(arch, str) and timm.is_model(arch): return arch
+    names = list(ARCHS) + timm.list_models()
+    close = difflib.get_close_matches(str(arch), names, n=5, cutoff=0.5)
+    hint = f"closest names: {', '.join(dict.fromkeys(close))}" if close else "see timm.list_models()"
+    raise TheraError(f"{arch!r} is neither a package model ({', '.join(ARCHS)}) nor a timm model; {hint}", param='arch')
 
 
 def create_model(arch, **kwargs):
-    "Builds `arch` (a key of `ARCHS`, checked by `FitConfig`) from its keyword arguments."
-    return ARCHS[arch](**kwargs)
+    "Builds `arch` (a key of `ARCHS`, or a timm model name through `timm_64`) from its keyword arguments."
+    return ARCHS[arch](**kwargs) if arch in ARCHS else timm_64(arch, **kwargs)
+
+
+def model_profile(model, size=64, n_in=3):
+    """Parameter count and training cost of `model`: GFLOP per image for a training step at `size` px, taken as
+    3x the forward pass counted by torch's `FlopCounterMode` (a multiply-add is 2 FLOP). The backward pass is
+    not counted directly: torch's counter overstates it for grouped convolutions (40x on EfficientNet-B0)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    params = sum(p.numel() for p in model.parameters())
+    training = model.training
+    x = torch.zeros(1, n_in, size, size, device=next(model.parameters()).device)
+    try:
+        model.eval()
+        counter = FlopCounterMode(display=False)
+        with counter, torch.no_grad(): model(x)
+    finally: model.train(training)
+    return dict(params=params, train_gflop=3 * counter.get_total_flops() / 1e9)

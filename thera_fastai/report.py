@@ -9,9 +9,21 @@ from .files import write_json, atomic_write
 from .metrics import best_threshold, error_rates
 from .runs import finished_folds, open_run, read_oof
 
-__all__ = ['cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
+__all__ = ['cross_fitted_decisions', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
 
 _COLS = ('hter', 'far', 'frr', 'balanced_acc', 'auc')
+
+
+def cross_fitted_decisions(oof, prob='prob_tta'):
+    """Each out-of-fold row's 0/1 decision at the threshold picked on the other folds' rows only; with one fold, its
+    rows are split in two halves by row parity, each decided at the other's threshold."""
+    p, t = oof[prob].to_numpy(), oof['label'].to_numpy()
+    groups = oof['fold'].to_numpy() if oof['fold'].nunique() > 1 else oof['row'].to_numpy() % 2
+    cross = np.zeros(len(oof), dtype=bool)
+    for g in np.unique(groups):
+        mine = groups == g
+        cross[mine] = p[mine] >= best_threshold(p[~mine], t[~mine])
+    return cross
 
 
 def cv_summary(oof, prob='prob_tta'):
@@ -21,17 +33,12 @@ def cv_summary(oof, prob='prob_tta'):
     estimate of what a threshold chosen this way gives on unseen data."""
     p, t = oof[prob].to_numpy(), oof['label'].to_numpy()
     thresh = best_threshold(p, t)
-    # With one fold, its rows are split in two halves by row parity, each scored at the other's threshold.
-    groups = oof['fold'].to_numpy() if oof['fold'].nunique() > 1 else oof['row'].to_numpy() % 2
-    cross = np.zeros(len(oof), dtype=bool)
-    for g in np.unique(groups):
-        mine = groups == g
-        cross[mine] = p[mine] >= best_threshold(p[~mine], t[~mine])
+    cross = cross_fitted_decisions(oof, prob)
     return dict(at_05=error_rates(p, t), best_threshold=thresh, at_best_in_sample=error_rates(p, t, thresh),
                 cross_fitted=error_rates(cross.astype(float), t, 0.5) | dict(auc=error_rates(p, t)['auc']))
 
 
-_FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'images_seen', 'n_train', 'n_valid', 'runtime', 'resumed_from_epoch')
+_FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'images_seen', 'n_train', 'n_valid', 'runtime', 'resumed_from_epoch', 'profile')
 
 
 def run_summary(out, run=None):

@@ -17,7 +17,7 @@ from .learner import FOLD_FILE, WEIGHTS_FILE
 from .source import open_dataset
 
 __all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'fold_dir', 'fold_done', 'finished_folds',
-           'fold_lock', 'fold_rows', 'prepare_data', 'read_oof', 'write_oof']
+           'fold_lock', 'fold_rows', 'prepare_data', 'read_row_list', 'read_oof', 'write_oof']
 
 RUN_FILE = 'config.json'
 FOLD_FILES = (WEIGHTS_FILE, 'oof.csv', 'history.csv')
@@ -28,24 +28,48 @@ def run_id(cfg: FitConfig, dkey):
     return short_hash(cfg.to_dict(), dkey)
 
 
+def read_row_list(path, names):
+    """The 0-based label rows a file lists: a CSV with a `row` or `name` column (thera-audit's label_issues.csv),
+    or plain text with one row number or image name per line. `names` are the training image names."""
+    path = Path(path)
+    try: text = path.read_text()
+    except OSError as e: raise TheraError(f"cannot read the row list ({e.strerror})", path) from None
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if path.suffix.lower() == '.csv' or (lines and ',' in lines[0]):
+        try: frame = pd.read_csv(path)
+        except Exception as e: raise TheraError(f"not a readable CSV ({e})", path) from None
+        col = next((c for c in ('row', 'name') if c in frame.columns), None)
+        if col is None: raise TheraError("a CSV row list needs a 'row' or 'name' column", path)
+        lines = frame[col].astype(str).tolist()
+    index, rows = {n: i for i, n in enumerate(names)}, []
+    for item in lines:
+        if item.isdigit() and int(item) < len(names): rows.append(int(item))
+        elif item in index: rows.append(index[item])
+        else: raise TheraError(f"{item!r} is neither a row number below {len(names)} nor a training image name", path)
+    return np.unique(np.asarray(rows, dtype=np.int64))
+
+
 def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
-    "The dataset, its decoded images, the rows `cfg` uses and their data key; checks `cfg` against the data."
+    """The dataset, its decoded images, the rows `cfg` uses, the rows it leaves out of training (`cfg.exclude`)
+    and their data key; checks `cfg` against the data."""
     ds = open_dataset(data)
+    excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
+    if cfg.distill is not None: open_run(cfg.distill)
     images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
     rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
-    return ds, images, rows, data_key(source_key(ds.train), ds.labels, rows)
+    return ds, images, rows, excluded, data_key(source_key(ds.train), ds.labels, rows, excluded)
 
 
 def fold_rows(data, cfg, fold, cache=None):
     "(images, labels, train rows, valid rows) of fold `fold` of `cfg` on `data`, as the fit used them."
-    ds, images, rows, _ = prepare_data(data, cfg, cache)
+    ds, images, rows, excluded, _ = prepare_data(data, cfg, cache)
     tr, va = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)[fold]
-    return images, ds.labels, rows[tr], rows[va]
+    return images, ds.labels, np.setdiff1d(rows[tr], excluded), rows[va]
 
 
 def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
-    return dict(run_id=run_id(cfg, dkey), config=cfg.to_dict(), data_key=dkey, data=str(ds.path), n_images=len(rows),
+    return dict(run_id=run_id(cfg, dkey), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()), n_images=len(rows),
                 versions=library_versions())
 
 

@@ -21,8 +21,9 @@ DEFAULT_SPACE = {
     'flip': {'choices': [True, False]},
     'max_rotate': {'low': 0.0, 'high': 15.0},
     'max_shift_px': {'low': 0, 'high': 4},
-    'arch': {'choices': ['simple', 'resnet18']},
+    'arch': {'choices': ['simple', 'airbench', 'resnet18', 'regnetx_002']},
     'stem': {'choices': ['default', 'nopool'], 'when': {'arch': 'resnet18'}},
+    'resize_from': {'choices': [None, 32]},
 }
 
 

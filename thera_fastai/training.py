@@ -12,6 +12,9 @@ from .data import fold_dataloaders, image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from .files import file_hash, short_hash, write_json
 from .inference import predict_probs
+from .levers import lever_callbacks, teacher_probs
+from .models import model_profile
+from .callbacks import _unwrapped
 from .learner import FOLD_FILE, WEIGHTS_FILE, save_weights, step_schedule, thera_learner, weights_bytes
 from .metrics import best_threshold, error_rates
 from .runs import FOLD_FILES, write_oof
@@ -47,7 +50,9 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
                            device=runtime['device'], **cfg.aug_kwargs())
     learn = thera_learner(dls, cfg, folder, np.asarray(labels)[train_idx], runtime)
     start, rng = load_checkpoint(learn, folder)
-    cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng)]
+    if start >= cfg.epochs and cfg.ema and rng: learn.model.load_state_dict(rng['extra']['WeightEMA'])  # stopped after the fit
+    soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device']) if cfg.distill and start < cfg.epochs else None
+    cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng), *lever_callbacks(cfg, rng, soft)]
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t0 = time.time()
     with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.seed, fold):
@@ -71,7 +76,7 @@ def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folde
     info = dict(run_id=rid, fold=fold, config=cfg.to_dict(), stats=[list(s) for s in stats], threshold=best_threshold(probs_tta, targs),
                 at_05=error_rates(probs_tta, targs), at_05_plain=error_rates(probs, targs), n_train=len(train_idx),
                 n_valid=len(valid_idx), fit_seconds=fit_s, images_seen=int(len(train_idx) * max(cfg.epochs - start, 0)),
-                resumed_from_epoch=start, runtime=runtime, versions=library_versions(),
+                resumed_from_epoch=start, runtime=runtime, versions=library_versions(), profile=model_profile(_unwrapped(learn.model)),
                 files={n: file_hash(folder/n) for n in FOLD_FILES})
     write_json(folder/FOLD_FILE, info)
     for _, ckpt in checkpoints(folder): ckpt.unlink(missing_ok=True)

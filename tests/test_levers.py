@@ -1,0 +1,143 @@
+"""Training levers on generated data: any timm model, progressive resizing, weight EMA, distillation,
+soft bootstrapping, and rows left out of training."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from fastai.callback.core import Callback
+
+import thera_fastai as tf
+import thera_fastai.training as training
+from conftest import write_dataset
+from thera_fastai.errors import TheraError
+from thera_fastai.learner import BalancedBCELoss
+
+FIT = dict(folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp('levers')
+    write_dataset(root/'data', n_train=96, n_val=8)
+    return root/'data'
+
+
+class _Seen(Callback):
+    "Records the training batches' input sizes and targets per epoch."
+    order = 50
+    def __init__(self): self.sizes, self.targets = [], []
+    def before_batch(self):
+        if self.training: self.sizes.append((self.epoch, self.learn.xb[0].shape[-1])); self.targets.append(self.learn.yb[0].detach().clone())
+
+
+def _with(monkeypatch, cb):
+    fit = training._fit
+    monkeypatch.setattr(training, '_fit', lambda learn, cfg, start, cbs: fit(learn, cfg, start, cbs + [cb]))
+
+
+def test_a_timm_model_trains_one_epoch_predicts_and_records_its_cost(data, tmp_path):
+    s = tf.fit(data, tmp_path/'run', fold=0, arch='regnetx_002', epochs=1, **FIT)
+    profile = s['folds'][0]['profile']
+    assert s['config']['stem'] == 'x2' and profile['params'] == sum(p.numel() for p in tf.create_model('regnetx_002', stem='x2').parameters())
+    assert profile['train_gflop'] > 0
+    frame = tf.predict(tmp_path/'run', data, partial=True, tta=0)
+    assert len(frame) == 8 and set(frame['label']) <= {0, 1}
+
+
+def test_progressive_resizing_trains_small_first_then_full_size(data, tmp_path, monkeypatch):
+    seen = _Seen(); _with(monkeypatch, seen)
+    tf.fit(data, tmp_path/'run', fold=0, epochs=2, resize_from=32, **FIT)
+    assert {e: s for e, s in seen.sizes} == {0: 32, 1: 64}
+
+
+def test_ema_weights_are_what_the_fold_keeps_and_resume_keeps_them(data, tmp_path, monkeypatch):
+    ref = tf.fit(data, tmp_path/'ref', fold=0, epochs=3, ema=0.9, **FIT)
+    from safetensors.torch import load_file
+    from thera_fastai.levers import WeightEMA
+    cbs = []
+    monkeypatch.setattr(WeightEMA, 'after_fit', lambda self: (cbs.append({k: v.clone() for k, v in self.learn.model.state_dict().items()}),
+                                                               self.learn.model.load_state_dict(self.ema.module.state_dict())))
+    tf.fit(data, tmp_path/'again', fold=0, epochs=3, ema=0.9, **FIT)
+    saved = load_file(tmp_path/'again'/'fold0'/'model.safetensors')
+    live = cbs[0]
+    assert any(not torch.equal(saved[k], live[k]) for k in saved if saved[k].is_floating_point())  # the average, not the last step
+    assert (tmp_path/'again'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
+    monkeypatch.undo()
+
+    class _Stop(Callback):
+        order = 99
+        def after_epoch(self):
+            if self.epoch == 1: raise KeyboardInterrupt
+    _with(monkeypatch, _Stop())
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, ema=0.9, **FIT)
+    monkeypatch.undo()
+    s = tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, ema=0.9, **FIT)
+    assert s['folds'][0]['resumed_from_epoch'] == 2
+    assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
+
+
+def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold(data, tmp_path, monkeypatch):
+    tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, **FIT)
+    seen = _Seen(); _with(monkeypatch, seen)
+    s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher'), distill_weight=1.0, **FIT)
+    targets = torch.cat(seen.targets)
+    assert targets.dtype == torch.float32 and ((targets > 0) & (targets < 1)).all()  # probabilities, not 0/1 labels
+    teacher = tf.load_fold_learner(tmp_path/'teacher'/'fold0')
+    images, labels, tr, va = tf.fold_rows(data, tf.FitConfig(**{k: v for k, v in s['config'].items() if k != 'distill'}), 0)
+    from thera_fastai.ensemble import FoldModel
+    expected = FoldModel(0, teacher, 0.5).predict(images[tr], tta=0)
+    assert np.abs(targets.numpy()[:, None] - expected[None, :]).min(1).max() < 1e-5
+
+
+def test_distillation_refuses_a_teacher_that_trained_on_the_held_out_rows(data, tmp_path):
+    tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, **{**FIT, 'seed': 7})
+    with pytest.raises(TheraError, match='no finished fold of the teacher held out all of this fold'):
+        tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher'), **FIT)
+    with pytest.raises(TheraError, match='no config.json'):
+        tf.fit(data, tmp_path/'student2', fold=0, epochs=1, distill=str(tmp_path), **FIT)
+
+
+def test_soft_bootstrapping_blends_the_label_with_the_models_own_probability():
+    logits = torch.tensor([2.0, -1.0, 0.5], requires_grad=True)
+    labels = torch.tensor([0, 1, 1])
+    got = BalancedBCELoss(bootstrap=0.8)(logits, labels)
+    p = torch.sigmoid(logits.detach())
+    want = torch.nn.functional.binary_cross_entropy_with_logits(logits, 0.8 * labels.float() + 0.2 * p)
+    assert torch.allclose(got, want)
+    with torch.no_grad():  # validation: the plain loss against the labels
+        assert torch.allclose(BalancedBCELoss(bootstrap=0.8)(logits, labels), torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
+
+
+@pytest.mark.parametrize('kind', ['rows', 'names', 'csv'])
+def test_excluded_rows_never_reach_training_and_validation_is_unchanged(kind, data, tmp_path, monkeypatch):
+    base = tf.fold_rows(data, tf.FitConfig(**{k: v for k, v in FIT.items() if k in ('folds', 'bs', 'tta')}), 0)
+    train, valid = base[2], base[3]
+    drop = np.concatenate([train[:5], valid[:2]])
+    names = [f"{r + 1:06d}.jpg" for r in drop]
+    path = tmp_path/'exclude.txt'
+    if kind == 'rows': path.write_text('\n'.join(map(str, drop)) + '\n')
+    elif kind == 'names': path.write_text('\n'.join(names) + '\n')
+    else: path = tmp_path/'issues.csv'; pd.DataFrame(dict(name=names, row=drop, label=0)).to_csv(path, index=False)
+    rows_seen = []
+    class _Rows(Callback):
+        def before_batch(self):
+            if self.training: rows_seen.extend(self.dl.batch_rows.tolist())
+    _with(monkeypatch, _Rows())
+    s = tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(path), **FIT)
+    assert s['folds'][0]['n_train'] == len(train) - 5 and s['folds'][0]['n_valid'] == len(valid)
+    assert not set(rows_seen) & set(train[:5]) and set(rows_seen) <= set(train)
+    oof = pd.read_csv(tmp_path/'run'/'fold0'/'oof.csv')
+    assert sorted(oof['row']) == sorted(valid)
+
+
+def test_a_bad_exclude_file_is_one_line(data, tmp_path):
+    path = tmp_path/'exclude.txt'
+    path.write_text('000001.jpg\nnot-an-image.jpg\n')
+    with pytest.raises(TheraError, match="'not-an-image.jpg' is neither a row number below 96 nor a training image name"):
+        tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(path), **FIT)
+    assert not (tmp_path/'run').exists()
+    with pytest.raises(TheraError, match='cannot read the row list'):
+        tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(tmp_path/'missing.txt'), **FIT)
+    pd.DataFrame(dict(image=['a'])).to_csv(tmp_path/'x.csv', index=False)
+    with pytest.raises(TheraError, match="needs a 'row' or 'name' column"):
+        tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(tmp_path/'x.csv'), **FIT)

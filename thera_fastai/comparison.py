@@ -1,0 +1,101 @@
+"""Runs side by side: one table (Markdown and CSV) of what each run is, what it cost and how it scores, and a
+plot of HTER against training minutes."""
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .callbacks import read_history
+from .config import FitConfig
+from .files import atomic_write, make_folder
+from .report import run_summary
+from .runs import fold_dir
+
+__all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
+
+_SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_size', 'tta'}
+
+
+def recipe_text(config):
+    "The config fields that differ from `FitConfig`'s defaults for its arch, as 'k=v' text ('default' if none)."
+    base = FitConfig(arch=config['arch']).to_dict()
+    diff = [f"{k}={v}" for k, v in config.items() if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v]
+    return ', '.join(diff) or 'default'
+
+
+def _seconds(text):
+    "fastai's epoch time ('mm:ss' or 'h:mm:ss') in seconds."
+    secs = 0
+    for part in str(text).split(':'): secs = secs * 60 + int(part)
+    return secs
+
+
+def minutes_to_reach(history, target, metric='hter'):
+    "Training minutes until the first epoch whose validation `metric` (at 0.5, no TTA) is at most `target`; NaN if never."
+    minutes = history['time'].map(_seconds).cumsum() / 60
+    hit = np.flatnonzero(history[metric].to_numpy() <= target)
+    return float(minutes.iloc[hit[0]]) if len(hit) else float('nan')
+
+
+def compare_runs(runs, target=None):
+    """One row per run folder: arch, stem, recipe, epochs, parameters, training GFLOP per image, fitting minutes,
+    images seen, pooled out-of-fold HTER at 0.5 and at the cross-fitted threshold, AUC; with `target`, the
+    minutes the first finished fold took to first reach that HTER."""
+    rows = []
+    for run in runs:
+        s, _ = run_summary(run)
+        cfg, folds = s['config'], s['folds']
+        profile = next((f['profile'] for f in folds.values() if f.get('profile')), {})
+        p = s.get('pooled')
+        row = dict(run=str(run), arch=cfg['arch'], stem=cfg.get('stem') or '', recipe=recipe_text(cfg), epochs=cfg['epochs'],
+                   folds=f"{len(folds)}/{cfg['folds']}", params_m=profile.get('params', np.nan) / 1e6,
+                   train_gflop=profile.get('train_gflop', np.nan), minutes=s['fit_seconds'] / 60,
+                   images_seen=sum(f['images_seen'] for f in folds.values()),
+                   hter_05=p['at_05']['hter'] if p else np.nan, hter_cross=p['cross_fitted']['hter'] if p else np.nan,
+                   auc=p['at_05']['auc'] if p else np.nan)
+        if target is not None:
+            first = min(folds, key=int) if folds else None
+            row[f'min_to_{target:g}'] = minutes_to_reach(read_history(fold_dir(run, first)/'history.csv'), target) if first is not None else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def comparison_markdown(frame):
+    "The comparison as a Markdown table, HTERs to 4 places."
+    fmt = {'params_m': '{:.2f}', 'train_gflop': '{:.3f}', 'minutes': '{:.1f}', 'hter_05': '{:.4f}', 'hter_cross': '{:.4f}', 'auc': '{:.4f}',
+           'images_seen': '{:,}'}
+    def cell(c, v):
+        if isinstance(v, float) and np.isnan(v): return '-'
+        return fmt.get(c, '{:.1f}' if c.startswith('min_to') else '{}').format(v)
+    names = {'params_m': 'params (M)', 'train_gflop': 'train GFLOP/img', 'hter_05': 'HTER at 0.5', 'hter_cross': 'HTER cross-fitted',
+             'images_seen': 'images seen'}
+    head = '| ' + ' | '.join(names.get(c, c.replace('_', ' ')) for c in frame.columns) + ' |'
+    lines = [head, '|' + '---|' * len(frame.columns)]
+    lines += ['| ' + ' | '.join(cell(c, v) for c, v in zip(frame.columns, r)) + ' |' for r in frame.itertuples(index=False)]
+    return '\n'.join(lines) + '\n'
+
+
+def plot_comparison(frame, path):
+    "HTER (cross-fitted) against fitting minutes, one labelled point per run."
+    from .plots import pyplot, save_figure
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in frame.itertuples(index=False):
+        ax.scatter(r.minutes, r.hter_cross)
+        ax.annotate(Path(r.run).name, (r.minutes, r.hter_cross), textcoords='offset points', xytext=(4, 4), fontsize=8)
+    ax.set(xlabel='fitting minutes (all finished folds)', ylabel='pooled out-of-fold HTER, cross-fitted threshold',
+           title='HTER against training time')
+    ax.grid(alpha=0.3)
+    save_figure(fig, path)
+
+
+def write_comparison(runs, out='.', target=None):
+    "Writes compare.md, compare.csv and compare.png under `out`; returns the table."
+    frame = compare_runs(runs, target)
+    out = make_folder(out, 'output')
+    text = comparison_markdown(frame)
+    atomic_write(out/'compare.md', lambda tmp: tmp.write_text(text))
+    atomic_write(out/'compare.csv', lambda tmp: frame.to_csv(tmp, index=False))
+    plot_comparison(frame, out/'compare.png')
+    return frame
