@@ -56,7 +56,7 @@ def compare_runs(runs, target=None):
                    auc=p['at_05']['auc'] if p else np.nan)
         if target is not None:
             first = min(folds, key=int) if folds else None
-            row[f'min_to_{target:g}'] = minutes_to_reach(read_history(fold_dir(run, first)/'history.csv'), target) if first is not None else np.nan
+            row[f'min_to_{target:g}'] = minutes_to_reach(read_history(fold_dir(run, int(first))/'history.csv'), target) if first is not None else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 

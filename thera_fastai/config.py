@@ -92,6 +92,7 @@ class FitConfig:
         if self.resize_from is not None:
             _at_least(self.resize_from, 16, 'resize_from')
             if self.resize_from >= self.image_size[0]: raise TheraError(f"must be below the image size {self.image_size[0]}", param='resize_from')
+            if self.epochs < 2: raise TheraError("needs at least 2 epochs: the first half at low resolution, the rest at full size", param='resize_from')
         if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
         if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
         if not 0 < self.distill_weight <= 1: raise TheraError(f"must be in (0, 1] (got {self.distill_weight!r})", param='distill_weight')

@@ -86,7 +86,7 @@ def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
 def lever_callbacks(cfg, resume_state=None, soft_targets=None):
     "The callbacks of `cfg`'s levers (progressive resizing, EMA, distillation), resumed from a checkpoint's state."
     cbs = []
-    if cfg.resize_from: cbs.append(ProgressiveResize(cfg.resize_from, max(cfg.epochs // 2, 1)))
+    if cfg.resize_from: cbs.append(ProgressiveResize(cfg.resize_from, cfg.epochs // 2))
     if cfg.ema: cbs.append(WeightEMA(cfg.ema, (resume_state or {}).get('extra', {}).get('WeightEMA')))
     if soft_targets is not None: cbs.append(SoftTargets(soft_targets, cfg.distill_weight))
     return cbs
