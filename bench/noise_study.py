@@ -11,18 +11,16 @@ import pandas as pd  # noqa: E402
 
 from thera_fastai.comparison import recipe_text  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
-from thera_fastai.report import cross_fitted_decisions, run_summary  # noqa: E402
+from thera_fastai.report import cross_fitted_hter, run_summary  # noqa: E402
 
 
 def scores(run, flagged, fold=None):
     "(recipe, rows, HTER on all held-out rows, on the rows not flagged, AUC) of run folder `run` (one `fold`, or all)."
     s, oof = run_summary(run)
     if fold is not None: oof = oof[oof['fold'] == fold].reset_index(drop=True)
-    decided = cross_fitted_decisions(oof).astype(float)
     keep = ~oof['row'].isin(flagged).to_numpy()
-    t = oof['label'].to_numpy()
-    return (recipe_text(s['config']), len(oof), error_rates(decided, t, 0.5)['hter'], error_rates(decided[keep], t[keep], 0.5)['hter'],
-            error_rates(oof['prob_tta'].to_numpy(), t)['auc'], int(keep.sum()))
+    return (recipe_text(s['config']), len(oof), cross_fitted_hter(oof), cross_fitted_hter(oof, keep),
+            error_rates(oof['prob_tta'].to_numpy(), oof['label'].to_numpy())['auc'], int(keep.sum()))
 
 
 def main():

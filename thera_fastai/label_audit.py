@@ -8,7 +8,7 @@ import pandas as pd
 from .errors import TheraError
 from .files import atomic_write, make_folder, write_json
 from .metrics import error_rates
-from .report import cross_fitted_decisions, run_summary
+from .report import cross_fitted_hter, run_summary
 from .runs import open_run
 
 __all__ = ['find_label_issues', 'noise_estimate', 'label_audit', 'audit_markdown', 'suspect_grids', 'write_audit']
@@ -68,7 +68,7 @@ def label_audit(run, data=None):
                flagged_by_label={int(k): int(counts.get(k, 0)) for k in (0, 1)}, rows_by_label={int(k): int((t == k).sum()) for k in (0, 1)},
                noise=noise, hter_all=summary['pooled']['cross_fitted']['hter'], hter_all_05=summary['pooled']['at_05']['hter'],
                hter_unflagged_05=error_rates(p[keep], t[keep])['hter'],
-               hter_unflagged=_cross_fitted_on(oof, keep))
+               hter_unflagged=cross_fitted_hter(oof, keep), data=None if source is None else str(source))
     return out, issues
 
 
@@ -76,12 +76,6 @@ def _data_of(run_info, data=None):
     "The dataset to read names and images from: `data`, else the one the run was trained on if it is still there."
     source = data or run_info.get('data')
     return source if source is not None and Path(source).exists() else None
-
-
-def _cross_fitted_on(oof, keep):
-    "HTER on the `keep` rows of the cross-fitted decisions (thresholds picked on the other folds' rows, all of them)."
-    decisions = cross_fitted_decisions(oof)
-    return error_rates(decisions[keep].astype(float), oof['label'].to_numpy()[keep], 0.5)['hter']
 
 
 def audit_markdown(a):
@@ -110,15 +104,15 @@ def audit_markdown(a):
 def suspect_grids(run, issues, images, out, n=16, device='cpu'):
     "PNG grids of the `n` most suspect rows per given label, each with the Grad-CAM map of the fold model that held it out."
     from .saliency import oof_saliency, plot_saliency
-    paths = []
-    for label in (0, 1):
-        top = issues[issues['label'] == label].head(n)
-        maps = oof_saliency(run, top, images, device=device)
+    tops = [issues[issues['label'] == label].head(n) for label in (0, 1)]
+    maps = oof_saliency(run, pd.concat(tops), images, device=device)  # each fold model loaded once for both grids
+    paths, start = [], 0
+    for label, top in zip((0, 1), tops):
         titles = [f"{r.name}\ny={r.label} P(clean)={r.p_clean:.2f}" for r in top.itertuples()]
         path = Path(out)/f"suspects_label{label}.png"
-        plot_saliency(images[top['row'].to_numpy()], maps, titles, path,
+        plot_saliency(images[top['row'].to_numpy()], maps[start:start + len(top)], titles, path,
                       title=f"Most suspect labels given {label} ({'occluded' if label == 0 else 'clean'}); map: evidence of occlusion")
-        paths.append(path)
+        paths.append(path); start += len(top)
     return paths
 
 
@@ -134,7 +128,6 @@ def write_audit(run, out=None, data=None, n=16, cache=None, device='cpu'):
     write_json(out/'audit.json', a)
     text = audit_markdown(a)
     atomic_write(out/'audit.md', lambda tmp: tmp.write_text(text))
-    source = _data_of(open_run(run), data)
-    if n and source:
-        suspect_grids(run, issues, cached_images(open_dataset(source).train, cache), out, n, device)
+    if n and a['data']:
+        suspect_grids(run, issues, cached_images(open_dataset(a['data']).train, cache), out, n, device)
     return a, issues

@@ -8,7 +8,7 @@ from fastai.callback.core import Callback
 
 from .errors import TheraError
 
-__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_probs', 'lever_callbacks']
+__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_probs', 'lever_callbacks', 'restore_finished_fit']
 
 
 class ProgressiveResize(Callback):
@@ -69,18 +69,23 @@ class SoftTargets(Callback):
 def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
     """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from the teacher run's fold whose
     held-out rows include all of `valid_idx`: that model never trained on the rows the student is scored on."""
-    from .ensemble import load_fold_models
-    from .runs import fold_dir, read_oof
-    models, run = load_fold_models(run_dir, device=device, partial=True)
+    from .ensemble import FoldModel
+    from .learner import load_fold_learner
+    from .runs import finished_folds, fold_dir, open_run, read_oof
     valid = set(np.asarray(valid_idx).tolist())
-    for m in models:
-        held_out = set(read_oof(run_dir, [m.fold])['row'].tolist())
-        if valid <= held_out:
+    for k, info in finished_folds(run_dir, open_run(run_dir)).items():
+        if valid <= set(read_oof(run_dir, [k])['row'].tolist()):
+            teacher = FoldModel(k, load_fold_learner(fold_dir(run_dir, k), device=device), info['threshold'])
             probs = np.full(len(images), np.nan, np.float32)
-            probs[train_idx] = m.predict(images[np.asarray(train_idx)], tta=0)
+            probs[train_idx] = teacher.predict(images[np.asarray(train_idx)], tta=0)
             return probs
     raise TheraError("no finished fold of the teacher held out all of this fold's validation rows "
                      "(train the teacher with the same folds, seed and sample)", Path(run_dir))
+
+
+def restore_finished_fit(learn, cfg, state):
+    "What the levers' `after_fit` would have left in the model, for a fold whose last checkpoint already ends the fit."
+    if cfg.ema and state: learn.model.load_state_dict(state['extra']['WeightEMA'])
 
 
 def lever_callbacks(cfg, resume_state=None, soft_targets=None):

@@ -122,24 +122,31 @@ def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3):
 TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
 
 
-def _strided_steps(model, size=64, n_in=3):
-    """The model's downsampling leaf modules in forward order, grouped by the spatial size they receive: one
-    group per stride-2 step (a residual block's main path and shortcut fall in the same group)."""
-    seen, hooks = [], []
+def map_sizes(model, size=64, n_in=3, types=(nn.Conv2d,)):
+    """(module, input width, output width) of every `types` module, in the order a no-grad eval forward pass of a
+    `size` px image calls them (each module once, at its first call); the model's mode is put back afterwards."""
+    seen, hooks = {}, []
     def record(mod, inp, out):
-        if torch.is_tensor(inp[0]) and inp[0].dim() == 4 and torch.is_tensor(out) and out.dim() == 4 and out.shape[-1] < inp[0].shape[-1]:
-            seen.append((inp[0].shape[-1], mod))
+        if torch.is_tensor(inp[0]) and inp[0].dim() == 4 and torch.is_tensor(out) and out.dim() == 4:
+            seen.setdefault(mod, (inp[0].shape[-1], out.shape[-1]))
     for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)): hooks.append(m.register_forward_hook(record))
+        if isinstance(m, types): hooks.append(m.register_forward_hook(record))
     training = model.training
     try:
         model.eval()
-        with torch.no_grad(): model(torch.zeros(1, n_in, size, size))
+        with torch.no_grad(): model(torch.zeros(1, n_in, size, size, device=next(model.parameters()).device))
     finally:
         for h in hooks: h.remove()
         model.train(training)
+    return [(m, i, o) for m, (i, o) in seen.items()]
+
+
+def _strided_steps(model, size=64, n_in=3):
+    """The model's downsampling leaf modules in forward order, grouped by the spatial size they receive: one
+    group per stride-2 step (a residual block's main path and shortcut fall in the same group)."""
     steps = {}
-    for in_size, mod in seen: steps.setdefault(in_size, []).append(mod)
+    for mod, i, o in map_sizes(model, size, n_in, (nn.Conv2d, nn.MaxPool2d, nn.AvgPool2d)):
+        if o < i: steps.setdefault(i, []).append(mod)
     return [steps[k] for k in sorted(steps, reverse=True)]
 
 

@@ -7,7 +7,7 @@ from . import metrics
 from .callbacks import read_history
 from .files import atomic_write
 
-__all__ = ['pyplot', 'save_figure', 'plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'plot_top_losses']
+__all__ = ['pyplot', 'save_figure', 'plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'image_grid', 'plot_top_losses']
 
 
 def pyplot():
@@ -91,15 +91,24 @@ def top_losses(oof, n=16, prob='prob_tta'):
     return oof.assign(loss=loss).nlargest(n, 'loss')
 
 
-def plot_top_losses(images, top, path, cols=8):
-    "A grid of the `top` rows' images titled with label, P(class 1) and loss; each title sits in its own band above its image."
+def image_grid(images, titles, path, maps=None, title=None, cols=8, alpha=0.45):
+    "A grid of images, optionally with maps over them (jet, `alpha`); each title sits in its own band above its image."
     plt = pyplot()
-    rows = -(-len(top) // cols)
+    rows = max(-(-len(images) // cols), 1)
     fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows + 0.4), squeeze=False)
     for ax in axes.ravel(): ax.axis('off')
-    for ax, (_, r) in zip(axes.ravel(), top.iterrows()):
-        ax.imshow(images[int(r['row'])])
-        ax.set_title(f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}", fontsize=7, pad=3)
-    fig.suptitle('Top out-of-fold losses (y = label, p = P(clean face))', fontsize=9)
+    for i, (ax, img, t) in enumerate(zip(axes.ravel(), images, titles)):
+        ax.imshow(img)
+        if maps is not None: ax.imshow(maps[i], cmap='jet', alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(t, fontsize=7, pad=3)
+    if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout(h_pad=1.0)
     save_figure(fig, path)
+
+
+def plot_top_losses(images, top, path, cols=8, maps=None):
+    "A grid of the `top` rows' images titled with label, P(class 1) and loss, with their saliency `maps` if given."
+    titles = [f"#{int(r['row']) + 1} y={int(r['label'])}\np={r['prob_tta']:.2f} loss={r['loss']:.1f}" for _, r in top.iterrows()]
+    note = '; map: evidence of occlusion' if maps is not None else ''
+    image_grid(images[top['row'].to_numpy().astype(int)], titles, path, maps,
+               f'Top out-of-fold losses (y = label, p = P(clean face)){note}', cols)

@@ -9,7 +9,7 @@ from .files import write_json, atomic_write
 from .metrics import best_threshold, error_rates
 from .runs import finished_folds, open_run, read_oof
 
-__all__ = ['cross_fitted_decisions', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
+__all__ = ['cross_fitted_decisions', 'cross_fitted_hter', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
 
 _COLS = ('hter', 'far', 'frr', 'balanced_acc', 'auc')
 
@@ -24,6 +24,13 @@ def cross_fitted_decisions(oof, prob='prob_tta'):
         mine = groups == g
         cross[mine] = p[mine] >= best_threshold(p[~mine], t[~mine])
     return cross
+
+
+def cross_fitted_hter(oof, keep=None, prob='prob_tta'):
+    "HTER of the cross-fitted decisions on the `keep` rows (a boolean mask; default: all rows)."
+    decided, t = cross_fitted_decisions(oof, prob).astype(float), oof['label'].to_numpy()
+    if keep is not None: decided, t = decided[keep], t[keep]
+    return error_rates(decided, t, 0.5)['hter']
 
 
 def cv_summary(oof, prob='prob_tta'):

@@ -1,6 +1,6 @@
 """The run folder: `config.json` (what the run computes), one `fold<k>/` per fold (weights, `fold.json`,
 out-of-fold predictions, history), locks so several processes or machines can share it."""
-import json, os, socket
+import io, json, os, socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def read_row_list(path, names):
     except OSError as e: raise TheraError(f"cannot read the row list ({e.strerror})", path) from None
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     if path.suffix.lower() == '.csv' or (lines and ',' in lines[0]):
-        try: frame = pd.read_csv(path)
+        try: frame = pd.read_csv(io.StringIO(text))
         except Exception as e: raise TheraError(f"not a readable CSV ({e})", path) from None
         col = next((c for c in ('row', 'name') if c in frame.columns), None)
         if col is None: raise TheraError("a CSV row list needs a 'row' or 'name' column", path)

@@ -7,10 +7,10 @@ HTER 0.007 puts its class-0 Grad-CAM peak inside the square (grown by 4 px) for 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from fastai.callback.hook import hook_output
 
 from .data import images_dl
+from .models import map_sizes
 
 __all__ = ['cam_layer', 'grad_cam', 'oof_saliency', 'plot_saliency']
 
@@ -18,18 +18,9 @@ __all__ = ['cam_layer', 'grad_cam', 'oof_saliency', 'plot_saliency']
 def cam_layer(model, size=64, min_map=None, n_in=3):
     "The last `Conv2d`, in forward order, whose output map is at least `min_map` (default: half of `size`) pixels wide."
     min_map = min_map or size // 2
-    sizes = {}
-    def record(mod, inp, out): sizes.setdefault(mod, out.shape[-1])
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    training = model.training
-    try:
-        model.eval()
-        with torch.no_grad(): model(torch.zeros(1, n_in, size, size, device=next(model.parameters()).device))
-    finally:
-        for h in hooks: h.remove()
-        model.train(training)
-    wide = [m for m, s in sizes.items() if s >= min_map]  # dicts keep the order the hooks fired in
-    return wide[-1] if wide else next(iter(sizes))
+    convs = map_sizes(model, size, n_in)
+    wide = [m for m, _, out in convs if out >= min_map]
+    return wide[-1] if wide else convs[0][0]
 
 
 def grad_cam(learn, images, target=0, layer=None, bs=64):
@@ -69,15 +60,5 @@ def oof_saliency(run, rows, images, target=0, device='cpu'):
 
 def plot_saliency(images, maps, titles, path, cols=8, title=None, alpha=0.45):
     "A grid of images with their saliency maps over them (jet, `alpha`), each title in its own band above its image."
-    from .plots import pyplot, save_figure
-    plt = pyplot()
-    rows = max(-(-len(images) // cols), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.5 * cols, 2.0 * rows + 0.4), squeeze=False)
-    for ax in axes.ravel(): ax.axis('off')
-    for ax, img, m, t in zip(axes.ravel(), images, maps, titles):
-        ax.imshow(img)
-        if m is not None: ax.imshow(m, cmap='jet', alpha=alpha, vmin=0, vmax=1)
-        ax.set_title(t, fontsize=7, pad=3)
-    if title: fig.suptitle(title, fontsize=9)
-    fig.tight_layout(h_pad=1.0)
-    save_figure(fig, path)
+    from .plots import image_grid
+    image_grid(images, titles, path, maps, title, cols, alpha)

@@ -12,7 +12,7 @@ from .data import fold_dataloaders, image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from .files import file_hash, short_hash, write_json
 from .inference import predict_probs
-from .levers import lever_callbacks, teacher_probs
+from .levers import lever_callbacks, restore_finished_fit, teacher_probs
 from .models import model_profile
 from .callbacks import _unwrapped
 from .learner import FOLD_FILE, WEIGHTS_FILE, save_weights, step_schedule, thera_learner, weights_bytes
@@ -50,7 +50,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
                            device=runtime['device'], **cfg.aug_kwargs())
     learn = thera_learner(dls, cfg, folder, np.asarray(labels)[train_idx], runtime)
     start, rng = load_checkpoint(learn, folder)
-    if start >= cfg.epochs and cfg.ema and rng: learn.model.load_state_dict(rng['extra']['WeightEMA'])  # stopped after the fit
+    if start >= cfg.epochs: restore_finished_fit(learn, cfg, rng)
     soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device']) if cfg.distill and start < cfg.epochs else None
     cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng), *lever_callbacks(cfg, rng, soft)]
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
