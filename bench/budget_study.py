@@ -3,10 +3,11 @@
 Run:  .venv/bin/python bench/budget_study.py --data ../shared/data/ml_exercise_therapanacea.zip \
           --budget 30 --out runs/budget   [--sample 20000 --budget 4 for a quick look]
 Each candidate's training speed is first measured on 12 batches of the real pipeline (augmentation,
-levers and all), then epochs = budget / epoch time (at least 1). Candidates are `name:k=v,...` over
+levers and all), then epochs = budget / epoch time, rounded to the nearest (at least 1), so a run's
+training time is within half an epoch of the budget; the table shows the minutes each took. Candidates are `name:k=v,...` over
 `FitConfig` fields; `distill=@name` points at another candidate's run folder as the teacher (train it
 first). Every HTER is measured on fold 0's held-out rows; the table and plot come from `thera-compare`."""
-import argparse, math, time, warnings
+import argparse, time, warnings
 from pathlib import Path
 
 warnings.filterwarnings('ignore')
@@ -21,11 +22,11 @@ from thera_fastai.levers import ProgressiveResize  # noqa: E402
 from thera_fastai.runs import fold_rows  # noqa: E402
 from recipe_study import parse_variants  # noqa: E402
 
-CANDIDATES = ('simple:;simple-resize32:resize_from=32;simple-ema:ema=0.99;simple-distill:distill="@simple";'
-              'airbench:arch="airbench",label_smoothing=0.2;resnet18-default-stem:arch="resnet18",stem="default";'
-              'resnet10t:arch="resnet10t",stem="default";regnetx_002-x2:arch="regnetx_002";'
-              'mobilenetv3_small_100-x2:arch="mobilenetv3_small_100";ghostnet_100-x2:arch="ghostnet_100";'
-              'convnext_atto-x2:arch="convnext_atto"')
+CANDIDATES = ('simple:arch="simple";simple-resize32:arch="simple",resize_from=32;simple-ema:arch="simple",ema=0.99;'
+              'simple-distill:arch="simple",distill="@simple";airbench:arch="airbench",label_smoothing=0.2;'
+              'resnet18-default-stem:arch="resnet18",stem="default";resnet10t:arch="resnet10t",stem="default";'
+              'regnetx_002-x2:arch="regnetx_002";mobilenetv3_small_100-x2:arch="mobilenetv3_small_100";'
+              'ghostnet_100-x2:arch="ghostnet_100";convnext_atto-x2:arch="convnext_atto"')
 
 
 class _StopAfter(Callback):
@@ -68,7 +69,7 @@ def main():
         if isinstance(over.get('distill'), str) and over['distill'].startswith('@'): over['distill'] = str(out/over['distill'][1:])
         cfg = tf.FitConfig(**{**dict(folds=5, sample=a.sample), **over})
         n_train, rate = images_per_second(a.data, cfg, a.threads)
-        epochs = max(1, math.floor(a.budget * 60 * rate / n_train))
+        epochs = max(1, round(a.budget * 60 * rate / n_train))  # nearest: within half an epoch of the budget
         t = time.time()
         tf.fit(a.data, out/name, fold=0, threads=a.threads, log=lambda *_: None, **{**cfg.to_dict(), 'epochs': epochs})
         print(f"{name}: {rate:.0f} img/s, {epochs} epochs, {(time.time() - t) / 60:.1f} min wall", flush=True)

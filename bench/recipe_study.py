@@ -57,6 +57,7 @@ def main():
     ap.add_argument('--out', default='runs/study')
     ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images (default: all)')
     ap.add_argument('--epochs', type=int, default=2)
+    ap.add_argument('--arch', default='simple', help="the variants' base arch (a variant's own arch wins)")
     ap.add_argument('--variants', default=VARIANTS)
     a = ap.parse_args()
     print(f"fold 0 of 5 on {f'a stratified sample of {a.sample}' if a.sample else 'all'} images, {a.epochs} epochs each\n")
@@ -64,7 +65,7 @@ def main():
     print("|---|---|---|---|---|---|")
     for name, over in parse_variants(a.variants):
         t = time.time()
-        s = tf.fit(a.data, Path(a.out)/name, fold=0, log=lambda *_: None, **{**dict(folds=5, epochs=a.epochs, sample=a.sample), **over})
+        s = tf.fit(a.data, Path(a.out)/name, fold=0, log=lambda *_: None, **{**dict(arch=a.arch, folds=5, epochs=a.epochs, sample=a.sample), **over})
         print(row(name, s, (time.time() - t) / 60, s['folds'][0]['images_seen']), flush=True)
     print("\n| baseline TTA | HTER at 0.5 | AUC |\n|---|---|---|")
     tta_sweep(Path(a.out)/'baseline', a.data)

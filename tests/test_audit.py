@@ -10,7 +10,7 @@ from conftest import jpeg, run_cli, synthetic_images, write_dataset
 from thera_fastai.errors import TheraError
 from thera_fastai.saliency import cam_layer, grad_cam
 
-FIT = dict(bs=32, tta=0, precision='fp32', log=lambda *_: None)
+FIT = dict(arch='simple', bs=32, tta=0, precision='fp32', log=lambda *_: None)
 
 
 def _write(folder, images, labels):

@@ -12,7 +12,7 @@ from conftest import run_cli, write_dataset
 from thera_fastai import cli
 from thera_fastai.config import FitConfig, Runtime
 
-FIT = ('--folds', 2, '--epochs', 3, '--bs', 32, '--tta', 2, '--precision', 'fp32')
+FIT = ('--arch', 'simple', '--folds', 2, '--epochs', 3, '--bs', 32, '--tta', 2, '--precision', 'fp32')
 slow = pytest.mark.slow
 
 
@@ -249,6 +249,8 @@ def test_real_slice_fit_and_predict(real_slice, tmp_path):
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path/'run'/'report.json').read_text())
     assert report['n_images'] == 400 and report['complete']
+    config = json.loads((tmp_path/'run'/'config.json').read_text())['config']
+    assert config['arch'] == 'airbench' and config['label_smoothing'] == 0.2   # the default recipe
     res = run_cli('thera-predict', '--models', tmp_path/'run', '--data', real_slice, '--out', tmp_path/'label_val.txt',
                   '--quiet', env=env)
     assert res.returncode == 0, res.stderr

@@ -7,7 +7,7 @@ from conftest import run_cli, write_dataset
 from thera_fastai.comparison import minutes_to_reach, recipe_text
 from thera_fastai.errors import TheraError
 
-FIT = dict(folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+FIT = dict(arch='simple', folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 
 
 @pytest.fixture(scope='module')
@@ -15,7 +15,7 @@ def two_runs(tmp_path_factory):
     root = tmp_path_factory.mktemp('compare')
     write_dataset(root/'data', n_train=96, n_val=8)
     tf.fit(root/'data', root/'simple', fold=0, **FIT)
-    tf.fit(root/'data', root/'air-ema', fold=0, arch='airbench', ema=0.9, **FIT)
+    tf.fit(root/'data', root/'air-ema', fold=0, ema=0.9, **{**FIT, 'arch': 'airbench'})
     return root
 
 

@@ -21,7 +21,7 @@ def served(tmp_path_factory):
     "A small run and its demo page on 127.0.0.1; yields (url, data folder); the server is stopped after."
     root = tmp_path_factory.mktemp('demo')
     write_dataset(root/'data', n_train=160, n_val=8)
-    tf.fit(root/'data', root/'run', folds=2, epochs=2, bs=16, tta=1, precision='fp32', cache=root/'cache', log=lambda *_: None)
+    tf.fit(root/'data', root/'run', arch='simple', folds=2, epochs=2, bs=16, tta=1, precision='fp32', cache=root/'cache', log=lambda *_: None)
     port = _free_port()
     proc = subprocess.Popen([str(Path(sys.executable).parent/'thera-demo'), '--models', str(root/'run'), '--data', str(root/'data'),
                              '--port', str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -16,7 +16,7 @@ import thera_fastai as tf  # noqa: E402
 def _torchrun(tmp_path, *extra, wait=True):
     exe = Path(sys.executable).parent
     args = [str(exe/'torchrun'), '--standalone', '--nproc_per_node', '2', str(exe/'thera-fit'), '--data', tmp_path/'data',
-            '--out', tmp_path/'run', '--fold', 0, '--folds', 2, '--bs', 16, '--tta', 1, '--precision', 'fp32', '--threads', 1, *extra]
+            '--out', tmp_path/'run', '--arch', 'simple', '--fold', 0, '--folds', 2, '--bs', 16, '--tta', 1, '--precision', 'fp32', '--threads', 1, *extra]
     proc = subprocess.Popen(list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                             env={**os.environ, 'THERA_CACHE': str(tmp_path/'cache'), 'ACCELERATE_USE_CPU': '1'})
     return proc.communicate(timeout=600) + (proc.returncode,) if wait else proc

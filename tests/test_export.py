@@ -20,7 +20,7 @@ NO_TORCH = ("import sys, runpy; sys.modules.update(torch=None, fastai=None, ther
 @pytest.mark.slow
 def test_exported_ensemble_predicts_as_thera_predict_without_torch(tmp_path):
     write_dataset(tmp_path/'data', n_train=200, n_val=30)
-    tf.fit(tmp_path/'data', tmp_path/'run', folds=3, epochs=2, bs=16, tta=2, precision='fp32', log=lambda *_: None)
+    tf.fit(tmp_path/'data', tmp_path/'run', arch='simple', folds=3, epochs=2, bs=16, tta=2, precision='fp32', log=lambda *_: None)
     manifest = export_run(tmp_path/'run', tmp_path/'export')
     assert [f['file'] for f in manifest['folds']] == ['fold0.onnx', 'fold1.onnx', 'fold2.onnx']
     expected = tf.predict(tmp_path/'run', tmp_path/'data', tta=0)

@@ -37,7 +37,7 @@ def test_a_run_folder_that_fills_up_during_the_fit_is_one_error(small_disk, tmp_
     write_dataset(tmp_path/'data', n_train=60, n_val=4)
     (small_disk/'filler').write_bytes(b'0' * (2900 << 10))     # about 100 KiB left: config.json fits, a checkpoint does not
     with pytest.raises(TheraError) as e:
-        tf.fit(tmp_path/'data', small_disk/'run', fold=0, folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+        tf.fit(tmp_path/'data', small_disk/'run', fold=0, arch='simple', folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
     assert e.value.cli_message().endswith('cannot write (no space left on the device)') and 'fold0' in e.value.cli_message()
     assert not list(small_disk.rglob('*.tmp'))
 

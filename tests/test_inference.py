@@ -18,7 +18,7 @@ def _learner(tmp_path, fast):
     set_seed(0)
     dls = fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=32, fast=fast)
     set_seed(0)
-    return thera_learner(dls, FitConfig(), tmp_path, runtime=dict(device='cpu', precision='fp32', channels_last=True))
+    return thera_learner(dls, FitConfig(arch='simple'), tmp_path, runtime=dict(device='cpu', precision='fp32', channels_last=True))
 
 
 def test_cache_gather_and_per_item_paths_predict_the_same(tmp_path):

@@ -12,7 +12,7 @@ from conftest import write_dataset
 from thera_fastai.errors import TheraError
 from thera_fastai.learner import BalancedBCELoss
 
-FIT = dict(folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+FIT = dict(arch='simple', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 
 
 @pytest.fixture(scope='module')
@@ -36,7 +36,7 @@ def _with(monkeypatch, cb):
 
 
 def test_a_timm_model_trains_one_epoch_predicts_and_records_its_cost(data, tmp_path):
-    s = tf.fit(data, tmp_path/'run', fold=0, arch='regnetx_002', epochs=1, **FIT)
+    s = tf.fit(data, tmp_path/'run', fold=0, epochs=1, **{**FIT, 'arch': 'regnetx_002'})
     profile = s['folds'][0]['profile']
     assert s['config']['stem'] == 'x2' and profile['params'] == sum(p.numel() for p in tf.create_model('regnetx_002', stem='x2').parameters())
     assert profile['train_gflop'] > 0

@@ -13,7 +13,7 @@ from conftest import write_dataset
 from thera_fastai.errors import TheraError
 from thera_fastai.runs import fold_lock
 
-FIT = dict(folds=2, epochs=3, bs=16, tta=2, precision='fp32', log=lambda *_: None)
+FIT = dict(arch='simple', folds=2, epochs=3, bs=16, tta=2, precision='fp32', log=lambda *_: None)
 
 
 @pytest.fixture(scope='module')

@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli, write_dataset
 
 pytestmark = pytest.mark.slow
-ARGS = ('--folds', 2, '--epochs', 2, '--bs', 16, '--tta', 1, '--precision', 'fp32', '--threads', 1, '--quiet')
+ARGS = ('--arch', 'simple', '--folds', 2, '--epochs', 2, '--bs', 16, '--tta', 1, '--precision', 'fp32', '--threads', 1, '--quiet')
 
 
 def _popen(*args, cache):

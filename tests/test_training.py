@@ -19,7 +19,9 @@ FP32 = dict(device='cpu', precision='fp32', channels_last=True)
 def test_config_defaults_come_from_the_recipe():
     cfg = FitConfig(arch='resnet18')
     assert (cfg.lr, cfg.bs, cfg.epochs, cfg.stem) == tuple(RECIPES['resnet18'][k] for k in ('lr', 'bs', 'epochs', 'stem'))
-    assert FitConfig(epochs=2).epochs == 2 and FitConfig().epochs == RECIPES['simple']['epochs']
+    assert FitConfig(epochs=2).epochs == 2 and FitConfig().epochs == RECIPES['airbench']['epochs']
+    assert FitConfig().arch == 'airbench' and FitConfig().label_smoothing == 0.2   # airbench's recipe
+    assert FitConfig(arch='simple').label_smoothing == 0.0 and FitConfig(label_smoothing=0.1).label_smoothing == 0.1
     assert FitConfig.from_dict(FitConfig(arch='resnet18').to_dict()) == FitConfig(arch='resnet18')
 
 
@@ -62,7 +64,7 @@ def _conv_dtypes_in_fit(tmp_path, precision):
     labels = (np.random.default_rng(0).random(96) > 0.3).astype(np.int8)
     tr, va = fold_splits(labels, 2)[0]
     set_seed(0)
-    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(), tmp_path,
+    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(arch='simple'), tmp_path,
                           runtime={**FP32, 'precision': precision})
     seen = set()
     learn.model[0][0].register_forward_hook(lambda m, i, o: seen.add(o.dtype))
@@ -99,7 +101,7 @@ def test_label_smoothing_moves_the_loss_minimum():
 def test_step_schedule_drops_the_lr_like_steplr(tmp_path):
     labels = (np.random.default_rng(0).random(96) > 0.3).astype(np.int8)
     tr, va = fold_splits(labels, 2)[0]
-    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(), tmp_path, runtime=FP32)
+    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(arch='simple'), tmp_path, runtime=FP32)
     with learn.no_bar(), learn.no_logging(): learn.fit(2, 1e-3, cbs=step_schedule(1e-3, 2, step_epochs=1))
     per_epoch = np.array_split(np.array(learn.recorder.lrs), 2)
     assert np.allclose(per_epoch[0], 1e-3) and np.allclose(per_epoch[1], 1e-4)

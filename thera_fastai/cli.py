@@ -57,9 +57,9 @@ _D = FitConfig  # defaults below are FitConfig's and Runtime's own
 @call_parse
 def fit(
     data:str = None, # The exercise zip or its extracted folder
-    arch:str = _D.arch, # Model: simple, airbench, resnet18, or any timm model name (adapted to 64x64 by --stem)
+    arch:str = _D.arch, # Model: airbench (default), simple, resnet18, or any timm model name (adapted to 64x64 by --stem)
     folds:int = _D.folds, # Number of stratified folds
-    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe, 13 for simple)
+    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 2 for airbench, 13 for simple)
     out:str = None, # Run folder (default: runs/<arch>)
     fold:int = None, # Train only this fold (0-based)
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
@@ -73,7 +73,7 @@ def fit(
     max_rotate:float = _D.max_rotate, # Largest rotation of the augmentation, degrees
     max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
     schedule:str = _D.schedule, # LR schedule: one_cycle, step (x0.1 every 10 epochs) or constant
-    label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2
+    label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2 (default: the arch's recipe: 0.2 airbench, else 0)
     stem:str = _D.stem, # Stem for 64x64 of timm models: x2 (default), x4 or default; resnet18: nopool (default), default or conv3
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
