@@ -51,7 +51,7 @@ def test_a_second_process_on_the_same_fold_is_refused(data, tmp_path):
 
 def test_two_configs_started_at_once_one_is_refused(data, tmp_path):
     run_cli('thera-explore', '--data', data, '--out', tmp_path/'e.png', env={'THERA_CACHE': str(tmp_path/'c')})  # warm cache
-    jobs = [_popen('--data', data, '--out', tmp_path/'run', '--fold', 0, *ARGS[:2], '--epochs', e, *ARGS[4:], cache=tmp_path/'c')
+    jobs = [_popen('--data', data, '--out', tmp_path/'run', '--fold', 0, *ARGS[:4], '--epochs', e, *ARGS[6:], cache=tmp_path/'c')
             for e in (1, 2)]
     outs = [j.communicate(timeout=600) for j in jobs]
     codes = sorted(j.returncode for j in jobs)
