@@ -16,8 +16,10 @@ __all__ = ['FitConfig', 'Runtime', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'BALANC
 # (5.2e-2) on a 4,000-image sample (nbs/01_lr_find.ipynb). The simple CNN's lr sits between lr_find's valley (1e-3) and
 # minimum/10 (6.9e-3) on fold 0 of the full data (nbs/01_lr_find.ipynb), its 13 epochs fit 30 minutes on a
 # 2-core bf16 CPU. resnet18's and other timm models' recipes are not measured at scale ('timm' is any timm name).
-RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13), 'resnet18': dict(lr=2e-3, bs=128, epochs=4, stem='nopool'),
-           'airbench': dict(lr=3e-3, bs=128, epochs=2, label_smoothing=0.2), 'timm': dict(lr=2e-3, bs=128, epochs=4, stem='x2')}
+RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
+           'resnet18': dict(lr=2e-3, bs=128, epochs=4, label_smoothing=0.0, stem='nopool'),
+           'airbench': dict(lr=3e-3, bs=128, epochs=2, label_smoothing=0.2),
+           'timm': dict(lr=2e-3, bs=128, epochs=4, label_smoothing=0.0, stem='x2')}
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
@@ -45,7 +47,7 @@ class FitConfig:
     seed: int = 42  # Seed for folds, sampling, initialization and TTA
     balance: str = 'sampler'  # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     schedule: str = 'one_cycle'  # LR schedule: one_cycle, step (x0.1 every 10 epochs, the seed's StepLR) or constant
-    label_smoothing: float = None  # BCE label smoothing eps: targets eps/2 and 1-eps/2 (None: the arch's recipe, else 0)
+    label_smoothing: float = None  # BCE label smoothing eps: targets eps/2 and 1-eps/2 (None: the arch's recipe)
     flip: bool = True  # Horizontal flip in augmentation
     max_rotate: float = 5.0  # Largest rotation of the augmentation, degrees
     max_shift_px: int = 2  # Largest shift of the augmentation, pixels
@@ -66,15 +68,13 @@ class FitConfig:
     def __post_init__(self):
         check_arch(self.arch)
         recipe = RECIPES.get(self.arch, RECIPES['timm'])
-        for k in ('bs', 'lr', 'epochs'):
-            if getattr(self, k) is None: setattr(self, k, recipe[k])
+        for k in ('bs', 'lr', 'epochs', 'label_smoothing', 'stem'):  # stem: None where the recipe has none
+            if getattr(self, k) is None: setattr(self, k, recipe.get(k))
         self.image_size = tuple(self.image_size)
         if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
         for k in ('exclude', 'distill'):
             if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
-        if self.stem is None: self.stem = recipe.get('stem')
-        if self.label_smoothing is None: self.label_smoothing = recipe.get('label_smoothing', 0.0)
         self._check()
 
     def _check(self):
