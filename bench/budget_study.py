@@ -24,6 +24,8 @@ from recipe_study import parse_variants  # noqa: E402
 
 CANDIDATES = ('simple:arch="simple";simple-resize32:arch="simple",resize_from=32;simple-ema:arch="simple",ema=0.99;'
               'simple-distill:arch="simple",distill="@simple";airbench:arch="airbench",label_smoothing=0.2;'
+              'airbench-ema:arch="airbench",label_smoothing=0.2,ema=0.99;'
+              'airbench-distill:arch="airbench",label_smoothing=0.2,distill="@airbench";'
               'resnet18-default-stem:arch="resnet18",stem="default";resnet10t:arch="resnet10t",stem="default";'
               'regnetx_002-x2:arch="regnetx_002";mobilenetv3_small_100-x2:arch="mobilenetv3_small_100";'
               'ghostnet_100-x2:arch="ghostnet_100";convnext_atto-x2:arch="convnext_atto"')
