@@ -54,6 +54,15 @@ def images_per_second(data, cfg, threads):
     return len(tr), 1 / np.mean([1 / r for r in rates])  # half the epochs at each size
 
 
+def candidate_configs(text, out, sample=None):
+    "[(name, FitConfig)] of the candidates in `text`, fold 0 of 5; `distill=@name` becomes the run folder `out/name`."
+    configs = []
+    for name, over in parse_variants(text):
+        if isinstance(over.get('distill'), str) and over['distill'].startswith('@'): over['distill'] = str(Path(out)/over['distill'][1:])
+        configs.append((name, tf.FitConfig(**{**dict(folds=5, sample=sample), **over})))
+    return configs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument('--data', required=True)
@@ -67,9 +76,7 @@ def main():
     out, done = Path(a.out), []
     print(f"fold 0 of 5 on {f'a stratified sample of {a.sample}' if a.sample else 'all'} images, {a.budget:g} training minutes each, "
           f"{a.threads or 'all'} threads, thera_fastai {tf.__version__ if hasattr(tf, '__version__') else ''}\n", flush=True)
-    for name, over in parse_variants(a.candidates):
-        if isinstance(over.get('distill'), str) and over['distill'].startswith('@'): over['distill'] = str(out/over['distill'][1:])
-        cfg = tf.FitConfig(**{**dict(folds=5, sample=a.sample), **over})
+    for name, cfg in candidate_configs(a.candidates, out, a.sample):
         n_train, rate = images_per_second(a.data, cfg, a.threads)
         epochs = max(1, round(a.budget * 60 * rate / n_train))  # nearest: within half an epoch of the budget
         t = time.time()

@@ -2,8 +2,6 @@
 import sys
 from pathlib import Path
 
-from thera_fastai import FitConfig
-
 sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
 import budget_study  # noqa: E402
 from recipe_study import parse_variants  # noqa: E402
@@ -13,13 +11,14 @@ def test_every_budget_candidate_is_a_valid_recipe_and_its_teacher_trains_first()
     variants = parse_variants(budget_study.CANDIDATES)
     names = [name for name, _ in variants]
     assert len(names) == len(set(names))
-    for i, (name, over) in enumerate(variants):
+    configs = budget_study.candidate_configs(budget_study.CANDIDATES, 'runs')
+    assert [name for name, _ in configs] == names
+    for i, ((name, over), (_, cfg)) in enumerate(zip(variants, configs)):
+        assert cfg.arch == over['arch'] and cfg.folds == 5
         teacher = over.get('distill')
         if teacher is not None:
             assert teacher.startswith('@') and teacher[1:] in names[:i], f"{name}: teacher {teacher} is not an earlier candidate"
-            over = {**over, 'distill': f'runs/{teacher[1:]}'}
-        cfg = FitConfig(**{'folds': 5, **over})
-        assert cfg.arch == over['arch']
+            assert cfg.distill == str(Path('runs')/teacher[1:])
 
 
 def test_parse_variants_reads_names_and_typed_overrides():
