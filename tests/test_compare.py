@@ -1,11 +1,17 @@
 """thera-compare: runs side by side as Markdown, CSV and a plot."""
+import json
+import shutil
+
+import numpy as np
 import pandas as pd
 import pytest
 
 import thera_fastai as tf
 from conftest import run_cli, write_dataset
+from thera_fastai.agreement import error_agreement
 from thera_fastai.comparison import minutes_to_reach, recipe_text
 from thera_fastai.errors import TheraError
+from thera_fastai.files import file_hash
 
 FIT = dict(arch='simple', folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 
@@ -28,8 +34,8 @@ def test_compare_puts_two_runs_side_by_side(two_runs, tmp_path):
         assert row.hter_cross == tf.report(two_runs/run)['pooled']['cross_fitted']['hter']
     csv = pd.read_csv(tmp_path/'compare.csv')
     assert list(csv['arch']) == ['simple', 'airbench'] and 'min_to_0.6' in csv.columns
-    md = (tmp_path/'compare.md').read_text()
-    assert md.count('\n') == 4 and '| airbench |' in md and (tmp_path/'compare.png').stat().st_size > 1000
+    table = (tmp_path/'compare.md').read_text().split('\n## Errors in common')[0]
+    assert table.count('\n') == 4 and '| airbench |' in table and (tmp_path/'compare.png').stat().st_size > 1000
 
 
 def test_minutes_to_reach_reads_the_history():
@@ -54,3 +60,53 @@ def test_compare_cli(two_runs, tmp_path):
     assert '| simple |' in r.stdout and (tmp_path/'compare.csv').exists()
     r = run_cli('thera-compare', tmp_path/'nope')
     assert r.returncode == 2 and 'run folder does not exist' in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_error_agreement_counts_the_errors_runs_share(two_runs):
+    runs = [two_runs/'simple', two_runs/'air-ema']
+    a = error_agreement(runs)
+    rows, table = a['rows'], a['table'].set_index('run')
+    assert len(rows) == 48 and list(table.index) == ['simple', 'air-ema', 'blend']
+    assert np.allclose(rows['prob_blend'], (rows['prob_simple'] + rows['prob_air-ema']) / 2)
+    for run in ('simple', 'air-ema'):  # every out-of-fold row is shared, so each run scores as its own report says
+        assert table.loc[run, 'hter_cross'] == tf.report(two_runs/run)['pooled']['cross_fitted']['hter']
+        assert table.loc[run, 'errors'] == rows[f'wrong_{run}'].sum()
+    both = rows['wrong_simple'] & rows['wrong_air-ema']
+    assert (rows['n_wrong'] == rows['wrong_simple'].astype(int) + rows['wrong_air-ema']).all()
+    assert table.loc['simple', 'made_by_every_run'] == pytest.approx(both.sum() / max(rows['wrong_simple'].sum(), 1))
+    assert table.loc[a['best'], 'shared_with_best'] == (1.0 if table.loc[a['best'], 'errors'] else 0.0)
+    for label in (0, 1):
+        counts = a['wrong_by'][f'label {label}']
+        assert counts.sum() == (rows['label'] == label).sum() and counts[2] == (both & (rows['label'] == label)).sum()
+
+
+def test_compare_writes_the_rows_every_run_gets_wrong(two_runs, tmp_path):
+    tf.compare([two_runs/'simple', two_runs/'air-ema'], tmp_path, n=4)
+    shared = pd.read_csv(tmp_path/'shared_errors.csv')
+    a = error_agreement([two_runs/'simple', two_runs/'air-ema'])
+    assert list(shared['row']) == list(a['rows'].loc[a['rows']['n_wrong'] == 2, 'row'])
+    assert all(n == f"{r + 1:06d}.jpg" for n, r in zip(shared['name'], shared['row']))
+    md = (tmp_path/'compare.md').read_text()
+    assert '## Errors in common' in md and '| blend |' in md
+    for label in (0, 1):  # a grid for each label that has such rows, and only then
+        has_rows = (shared['label'] == label).any()
+        assert (tmp_path/f'shared_errors_label{label}.png').exists() == has_rows and (f'shared_errors_label{label}.png' in md) == has_rows
+
+
+def _altered_copy(run, dest, change):
+    "A copy of `run` whose fold 0 out-of-fold frame went through `change`, re-sealed so that it still counts as finished."
+    shutil.copytree(run, dest)
+    fold = dest/'fold0'
+    change(pd.read_csv(fold/'oof.csv')).to_csv(fold/'oof.csv', index=False)
+    info = json.loads((fold/'fold.json').read_text())
+    info['files']['oof.csv'] = file_hash(fold/'oof.csv')
+    (fold/'fold.json').write_text(json.dumps(info))
+    return dest
+
+
+def test_error_agreement_refuses_runs_that_cannot_be_matched(two_runs, tmp_path):
+    flipped = _altered_copy(two_runs/'simple', tmp_path/'flipped', lambda o: o.assign(label=1 - o['label']))
+    with pytest.raises(TheraError, match='other labels'): error_agreement([two_runs/'simple', flipped])
+    elsewhere = _altered_copy(two_runs/'simple', tmp_path/'elsewhere', lambda o: o.assign(row=o['row'] + 10_000))
+    with pytest.raises(TheraError, match='share no out-of-fold row'): error_agreement([two_runs/'simple', elsewhere])
+    with pytest.raises(TheraError, match='at least two runs'): error_agreement([two_runs/'simple'])

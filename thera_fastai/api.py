@@ -84,12 +84,16 @@ def explore(data,  # The exercise zip or its extracted folder
 
 
 def compare(runs,  # Run folders of thera-fit
-            out='.',  # Folder for compare.md, compare.csv and compare.png
+            out='.',  # Folder for compare.md, compare.csv and compare.png (and shared_errors.csv and its grids)
             target:float=None,  # Also the minutes each run's first fold took to first reach this HTER
+            data=None,  # The dataset for image names and grids (default: the first run's own)
+            n:int=32,  # Rows per label in the grids of errors every run makes (0: none)
+            cache=None,  # Folder for the decoded image cache
            ):
-    "Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and plot."
+    """Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and
+    plot. With two runs or more, also where their errors overlap, their blend, and the rows every run gets wrong."""
     from .comparison import write_comparison
-    return write_comparison(runs, out, target)
+    return write_comparison(runs, out, target, data, n, cache)
 
 
 def audit(run,  # A thera-fit run folder

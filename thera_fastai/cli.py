@@ -59,7 +59,7 @@ def fit(
     data:str = None, # The exercise zip or its extracted folder
     arch:str = _D.arch, # Model: airbench (default), simple, resnet18, or any timm model name (adapted to 64x64 by --stem)
     folds:int = _D.folds, # Number of stratified folds
-    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 2 for airbench, 13 for simple)
+    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 3 for airbench, 13 for simple)
     out:str = None, # Run folder (default: runs/<arch>)
     fold:int = None, # Train only this fold (0-based)
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
@@ -241,18 +241,21 @@ def demo(
 @call_parse
 def compare(
     *runs:str, # Run folders of thera-fit
-    out:str = '.', # Folder for compare.md, compare.csv and compare.png
+    out:str = '.', # Folder for compare.md, compare.csv and compare.png (and shared_errors.csv and its grids)
     target:float = None, # Also report the minutes each run's first fold took to first reach this HTER (e.g. 0.08)
+    data:str = None, # The dataset for image names and grids (default: the first run's own)
+    n:int = 32, # Rows per label in the grids of errors every run makes (0: none)
+    cache:str = None, # Folder for the decoded image cache
 ):
-    "Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a plot."
+    """Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a
+    plot. With two runs or more: how many errors they share, their blend, and the rows every run gets wrong."""
     with _friendly('thera-compare'):
         if not runs: raise TheraError("needs at least one run folder")
         _quiet_third_party()
         from .api import compare as compare_runs
-        frame = compare_runs(runs, out, target)
-        from .comparison import comparison_markdown
-        print(comparison_markdown(frame))
-        print(f"Wrote {Path(out)/'compare.md'}, {Path(out)/'compare.csv'} and {Path(out)/'compare.png'}")
+        compare_runs(runs, out, target, data, n, cache)
+        print((Path(out)/'compare.md').read_text())
+        print(f"Wrote compare.md, compare.csv, compare.png{' and shared_errors.csv' * (len(runs) > 1)} in {out}")
 
 
 @call_parse

@@ -6,11 +6,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .agreement import agreement_markdown, error_agreement, shared_error_grids, write_shared_errors
 from .callbacks import read_history
 from .config import FitConfig
 from .files import atomic_write, make_folder
 from .report import run_summary
-from .runs import fold_dir
+from .runs import fold_dir, open_run, run_data
 
 __all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
 
@@ -90,11 +91,24 @@ def plot_comparison(frame, path):
     save_figure(fig, path)
 
 
-def write_comparison(runs, out='.', target=None):
-    "Writes compare.md, compare.csv and compare.png under `out`; returns the table."
+def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None):
+    """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more, also their errors in common
+    (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label every run gets wrong).
+    `data`: the dataset for names and images (default: the first run's own). Returns the table."""
+    from .cache import cached_images
+    from .source import open_dataset
     frame = compare_runs(runs, target)
     out = make_folder(out, 'output')
     text = comparison_markdown(frame)
+    if len(runs) > 1:
+        agreement = error_agreement(runs)
+        text += '\n' + agreement_markdown(agreement)
+        source = run_data(open_run(runs[0]), data)
+        dataset = open_dataset(source).train if source else None
+        shared = write_shared_errors(agreement, out/'shared_errors.csv', dataset.names if dataset else None)
+        if n and dataset and len(shared):
+            grids = shared_error_grids(shared, cached_images(dataset, cache), out, n)
+            text += '\n' + '\n\n'.join(f"![{p.stem}]({p.name})" for p in grids) + '\n'
     atomic_write(out/'compare.md', lambda tmp: tmp.write_text(text))
     atomic_write(out/'compare.csv', lambda tmp: frame.to_csv(tmp, index=False))
     plot_comparison(frame, out/'compare.png')

@@ -26,18 +26,21 @@ def dataset_table(ds, images):
     return '\n'.join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
-def sample_grid(images, labels, path, n=8, seed=0, title=None):
-    "Saves a PNG with one row of `n` random images per class, labelled."
+def sample_grid(images, labels, path, n=8, seed=0, title=None, cols=8):
+    "Saves a PNG of `n` random images per class, labelled, class 0 above class 1, in rows of at most `cols`."
     plt = pyplot()
     rng = np.random.default_rng(seed)
-    fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 3.2), squeeze=False)
+    cols = min(n, cols)
+    per_class = -(-n // cols)
+    fig, axes = plt.subplots(2 * per_class, cols, figsize=(1.3 * cols, 1.6 * 2 * per_class), squeeze=False)
+    for ax in axes.ravel(): ax.set_xticks([]); ax.set_yticks([]); ax.set_frame_on(False)
     for c in (0, 1):
         rows = np.flatnonzero(labels == c)
         for j, r in enumerate(np.sort(rng.choice(rows, min(n, len(rows)), replace=False))):
-            axes[c, j].imshow(images[r]); axes[c, j].set_title(f"#{r + 1}", fontsize=7)
-        for ax in axes[c]: ax.set_xticks([]); ax.set_yticks([])
-        axes[c, 0].set_ylabel(CLASS_NAMES[c].split(':')[0], fontsize=9)
-    fig.suptitle(title or "Random training images per class (row 0: occluded, row 1: clean)", fontsize=10)
+            ax = axes[c * per_class + j // cols, j % cols]
+            ax.imshow(images[r]); ax.set_title(f"#{r + 1}", fontsize=7); ax.set_frame_on(True)
+        axes[c * per_class, 0].set_ylabel(CLASS_NAMES[c].split(':')[0], fontsize=9)
+    fig.suptitle(title or "Random training images per class (class 0: occluded, above; class 1: clean, below)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)
 

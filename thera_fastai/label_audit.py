@@ -9,7 +9,7 @@ from .errors import TheraError
 from .files import atomic_write, make_folder, write_json
 from .metrics import error_rates
 from .report import cross_fitted_hter, run_summary
-from .runs import open_run
+from .runs import open_run, run_data
 
 __all__ = ['find_label_issues', 'noise_estimate', 'label_audit', 'audit_markdown', 'suspect_grids', 'write_audit']
 
@@ -57,7 +57,7 @@ def label_audit(run, data=None):
     run_info = open_run(run)
     summary, oof = run_summary(run, run_info)
     if oof is None: raise TheraError("holds no finished fold (fold*/fold.json): nothing to audit", run)
-    source = _data_of(run_info, data)
+    source = run_data(run_info, data)
     names = open_dataset(source).train.names if source else None
     issues = find_label_issues(oof, names)
     noise = noise_estimate(oof)
@@ -70,12 +70,6 @@ def label_audit(run, data=None):
                hter_unflagged_05=error_rates(p[keep], t[keep])['hter'],
                hter_unflagged=cross_fitted_hter(oof, keep), data=None if source is None else str(source))
     return out, issues
-
-
-def _data_of(run_info, data=None):
-    "The dataset to read names and images from: `data`, else the one the run was trained on if it is still there."
-    source = data or run_info.get('data')
-    return source if source is not None and Path(source).exists() else None
 
 
 def audit_markdown(a):

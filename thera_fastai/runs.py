@@ -16,7 +16,7 @@ from .files import atomic_write, clean_stale_temps, create_exclusive, file_hash,
 from .learner import FOLD_FILE, WEIGHTS_FILE
 from .source import open_dataset
 
-__all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'fold_dir', 'fold_done', 'finished_folds',
+__all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
            'fold_lock', 'fold_rows', 'prepare_data', 'read_row_list', 'read_oof', 'write_oof']
 
 RUN_FILE = 'config.json'
@@ -103,6 +103,12 @@ def claim_run(out, run):
         diff = _differences(old, run)
         raise TheraError(f"holds a run with another config ({', '.join(diff) or 'versions'} differ): use another output folder", out)
     return old
+
+
+def run_data(run_info, data=None):
+    "The dataset to read names and images from: `data`, else the one the run was trained on if it is still there."
+    source = data or run_info.get('data')
+    return source if source is not None and Path(source).exists() else None
 
 
 def fold_dir(out, k):
