@@ -104,6 +104,16 @@ def _altered_copy(run, dest, change):
     return dest
 
 
+def test_compare_leaves_a_run_without_finished_folds_out_of_the_agreement(two_runs, tmp_path):
+    shutil.copytree(two_runs/'simple', tmp_path/'started')
+    (tmp_path/'started'/'fold0'/'fold.json').unlink()
+    frame = tf.compare([two_runs/'simple', tmp_path/'started'], tmp_path/'two', n=0)
+    assert frame['hter_cross'].isna().tolist() == [False, True]
+    assert '## Errors in common' not in (tmp_path/'two'/'compare.md').read_text() and not (tmp_path/'two'/'shared_errors.csv').exists()
+    tf.compare([two_runs/'simple', tmp_path/'started', two_runs/'air-ema'], tmp_path/'three', n=0)
+    assert '2 runs' in (tmp_path/'three'/'compare.md').read_text().split('## Errors in common')[1]
+
+
 def test_error_agreement_refuses_runs_that_cannot_be_matched(two_runs, tmp_path):
     flipped = _altered_copy(two_runs/'simple', tmp_path/'flipped', lambda o: o.assign(label=1 - o['label']))
     with pytest.raises(TheraError, match='other labels'): error_agreement([two_runs/'simple', flipped])

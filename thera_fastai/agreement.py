@@ -19,13 +19,13 @@ def run_names(runs):
     return names if len(set(names)) == len(names) and 'blend' not in names else [str(r) for r in runs]
 
 
-def shared_oof(runs):
+def shared_oof(runs, summaries=None):
     """The out-of-fold rows every run scored: (frame of row, label, fold (the first run's) and `prob_<run>`, each run's
     TTA probability; the run names). Every probability comes from a fold model that never trained on that row, so a
-    blend of them is scored as honestly as one run. Refuses runs whose labels differ (other data)."""
+    blend of them is scored as honestly as one run. Refuses runs whose labels differ (other data). `summaries`: the
+    runs' `run_summary` results, where already read."""
     names, joint = run_names(runs), None
-    for run, name in zip(runs, names):
-        _, oof = run_summary(run)
+    for run, name, (_, oof) in zip(runs, names, summaries or map(run_summary, runs)):
         if oof is None: raise TheraError("holds no finished fold (fold*/fold.json): nothing to compare", run)
         oof = oof.set_index('row')
         if joint is None: joint = oof[['label', 'fold']].copy()
@@ -43,7 +43,7 @@ def _scored(joint, col):
     return joint[['row', 'label', 'fold']].assign(prob_tta=joint[col].to_numpy())
 
 
-def error_agreement(runs):
+def error_agreement(runs, summaries=None):
     """How the runs' mistakes overlap on their shared out-of-fold rows. Returns a dict: `table` (one row per run:
     HTER at its cross-fitted threshold on the shared rows, errors, the share of them the best run also makes, the
     share every run makes; then the blend, the mean probability of all runs, scored the same way), `wrong_by` (rows

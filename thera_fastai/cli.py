@@ -254,8 +254,9 @@ def compare(
         _quiet_third_party()
         from .api import compare as compare_runs
         compare_runs(runs, out, target, data, n, cache)
-        print((Path(out)/'compare.md').read_text())
-        print(f"Wrote compare.md, compare.csv, compare.png{' and shared_errors.csv' * (len(runs) > 1)} in {out}")
+        text = (Path(out)/'compare.md').read_text()
+        print(text)
+        print(f"Wrote compare.md, compare.csv, compare.png{' and shared_errors.csv' * ('## Errors in common' in text)} in {out}")
 
 
 @call_parse

@@ -39,13 +39,13 @@ def minutes_to_reach(history, target, metric='hter'):
     return float(minutes.iloc[hit[0]]) if len(hit) else float('nan')
 
 
-def compare_runs(runs, target=None):
+def compare_runs(runs, target=None, summaries=None):
     """One row per run folder: arch, stem, recipe, epochs, parameters, training GFLOP per image, fitting minutes,
     images seen, pooled out-of-fold HTER at 0.5 and at the cross-fitted threshold, AUC; with `target`, the
-    minutes the first finished fold took to first reach that HTER."""
+    minutes the first finished fold took to first reach that HTER. `summaries`: the runs' `run_summary` results,
+    where already read."""
     rows = []
-    for run in runs:
-        s, _ = run_summary(run)
+    for run, (s, _) in zip(runs, summaries or map(run_summary, runs)):
         cfg, folds = s['config'], s['folds']
         profile = next((f['profile'] for f in folds.values() if f.get('profile')), {})
         p = s.get('pooled')
@@ -92,18 +92,20 @@ def plot_comparison(frame, path):
 
 
 def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None):
-    """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more, also their errors in common
-    (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label every run gets wrong).
-    `data`: the dataset for names and images (default: the first run's own). Returns the table."""
+    """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more that have finished folds, also
+    their errors in common (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label
+    every run gets wrong). `data`: the dataset for names and images (default: the first run's own). Returns the table."""
     from .cache import cached_images
     from .source import open_dataset
-    frame = compare_runs(runs, target)
+    summaries = [run_summary(run) for run in runs]  # read once for both tables
+    frame = compare_runs(runs, target, summaries)
     out = make_folder(out, 'output')
     text = comparison_markdown(frame)
-    if len(runs) > 1:
-        agreement = error_agreement(runs)
+    finished = [i for i, (_, oof) in enumerate(summaries) if oof is not None]  # the agreement reads out-of-fold rows
+    if len(finished) > 1:
+        agreement = error_agreement([runs[i] for i in finished], [summaries[i] for i in finished])
         text += '\n' + agreement_markdown(agreement)
-        source = run_data(open_run(runs[0]), data)
+        source = run_data(open_run(runs[finished[0]]), data)
         dataset = open_dataset(source).train if source else None
         shared = write_shared_errors(agreement, out/'shared_errors.csv', dataset.names if dataset else None)
         if n and dataset and len(shared):
