@@ -48,9 +48,9 @@ def error_agreement(runs, summaries=None):
     HTER at its cross-fitted threshold on the shared rows, errors, the share of them the best run also makes, the
     share every run makes; then the blend, the mean probability of all runs, scored the same way), `wrong_by` (rows
     wrong in exactly k of the runs, per label) and `rows` (the shared rows with each run's probability and error,
-    `n_wrong` and the blend's probability `prob_blend`)."""
+    `n_wrong` and the blend's probability `prob_blend`). `summaries`: the runs' `run_summary` results, where already read."""
     if len(runs) < 2: raise TheraError("the error agreement needs at least two runs")
-    joint, names = shared_oof(runs)
+    joint, names = shared_oof(runs, summaries)
     cols = [f'prob_{n}' for n in names]
     joint['prob_blend'] = joint[cols].mean(axis=1)
     labels = joint['label'].to_numpy()
@@ -58,7 +58,7 @@ def error_agreement(runs, summaries=None):
     joint['n_wrong'] = wrong[names].sum(axis=1).to_numpy()
     scores = {n: cv_summary(_scored(joint, f'prob_{n}')) for n in names + ['blend']}
     best = min(names, key=lambda n: scores[n]['cross_fitted']['hter'])
-    every = wrong[names].all(axis=1)
+    every = joint['n_wrong'].to_numpy() == len(names)
     rows = [dict(run=n, hter_cross=s['cross_fitted']['hter'], hter_05=s['at_05']['hter'], auc=s['at_05']['auc'],
                  errors=int(wrong[n].sum()), shared_with_best=(wrong[n] & wrong[best]).sum() / max(wrong[n].sum(), 1),
                  made_by_every_run=(wrong[n] & every).sum() / max(wrong[n].sum(), 1)) for n, s in scores.items()]
