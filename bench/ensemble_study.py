@@ -1,7 +1,7 @@
 """Ensemble study: how much do K fold models gain over one, and does a vote beat the mean probability?
 
 Run:  .venv/bin/python bench/ensemble_study.py --data ../shared/data/ml_exercise_therapanacea.zip \
-          --members 5 --epochs 2 --out runs/ensemble
+          --members 5 --out runs/ensemble   [--arch simple --epochs 2; default: thera-fit's default recipe]
 
 In a K-fold run every row was seen by K-1 of the K models, so the ensemble cannot be scored on its own
 out-of-fold rows. This study holds out fold 0 of the usual 5-fold split (20,000 rows no member ever
@@ -29,9 +29,9 @@ from thera_fastai.runs import fold_done  # noqa: E402
 from thera_fastai.training import train_fold  # noqa: E402
 
 
-def train_members(images, labels, train_rows, cfg, out, members):
+def train_members(images, labels, train_rows, cfg, out, members, runtime=None):
     "Fits (or reuses) one model per inner fold of `train_rows`; returns them as `FoldModel`s with their thresholds."
-    run_id = 'ensemble-' + short_hash(cfg.to_dict(), members)
+    run_id, runtime = 'ensemble-' + short_hash(cfg.to_dict(), members), runtime or Runtime()
     models = []
     for k, (inner_tr, inner_va) in enumerate(fold_splits(labels[train_rows], members, cfg.seed)):
         folder = Path(out)/f"member{k}"
@@ -39,7 +39,7 @@ def train_members(images, labels, train_rows, cfg, out, members):
         if res is None:
             t = time.time()
             folder.mkdir(parents=True, exist_ok=True)
-            res = train_fold(images, labels, train_rows[inner_tr], train_rows[inner_va], cfg, Runtime().resolved(), folder, run_id, fold=k)
+            res = train_fold(images, labels, train_rows[inner_tr], train_rows[inner_va], cfg, runtime.resolved(), folder, run_id, fold=k)
             print(f"member {k}: {len(inner_tr):,} rows x {cfg.epochs} epochs in {(time.time() - t) / 60:.1f} min", flush=True)
         models.append(FoldModel(k, load_fold_learner(folder), res['threshold']))
     return models
@@ -54,20 +54,22 @@ def main():
     ap.add_argument('--data', required=True)
     ap.add_argument('--out', default='runs/ensemble')
     ap.add_argument('--members', type=int, default=5)
-    ap.add_argument('--epochs', type=int, default=2)
-    ap.add_argument('--arch', default='simple')
+    ap.add_argument('--epochs', type=int, default=None, help="default: the arch's recipe")
+    ap.add_argument('--arch', default=FitConfig.arch)
+    ap.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     ap.add_argument('--tta', type=int, default=4)
     ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images, for a smoke run')
     a = ap.parse_args()
+    runtime = Runtime(threads=a.threads); runtime.apply()
     ds = open_dataset(a.data)
     images, labels = cached_images(ds.train), np.asarray(ds.labels)
     cfg = FitConfig(arch=a.arch, folds=a.members, epochs=a.epochs, tta=a.tta, sample=a.sample)
     rows = sample_rows(labels, a.sample, cfg.seed)
     train_rows, held_out = (rows[i] for i in fold_splits(labels[rows], 5, cfg.seed)[0])
-    models = train_members(images, labels, train_rows, cfg, a.out, a.members)
+    models = train_members(images, labels, train_rows, cfg, a.out, a.members, runtime)
     probs, votes = predict_folds(models, images[held_out], a.tta)
     targs, thresholds = labels[held_out], [m.threshold for m in models]
-    print(f"\n{a.members} members, {a.epochs} epochs each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
+    print(f"\n{a.members} members, {cfg.epochs} epochs each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
           f"scored on {len(held_out):,} held-out rows (TTA {a.tta})\n")
     print("| predictor | HTER | FAR | FRR | AUC |\n|---|---|---|---|---|")
     singles = [error_rates(p, targs, m.threshold) for p, m in zip(probs, models)]

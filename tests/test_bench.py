@@ -1,6 +1,8 @@
-"""The benchmark scripts' candidate lists: each entry is a valid recipe, and a teacher trains before its student."""
-import sys
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end."""
+import os, re, subprocess, sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
 import budget_study  # noqa: E402
@@ -24,3 +26,24 @@ def test_every_budget_candidate_is_a_valid_recipe_and_its_teacher_trains_first()
 def test_parse_variants_reads_names_and_typed_overrides():
     assert parse_variants('air:arch="airbench",ema=0.99,epochs=3;plain:') == [
         ('air', {'arch': 'airbench', 'ema': 0.99, 'epochs': 3}), ('plain', {})]
+
+
+@pytest.mark.slow
+def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuses_members(tiny_zip, tmp_path):
+    "Two 1-epoch members on generated data: both scored alone and as a vote, member folders reused on a rerun."
+    script = Path(__file__).parents[1]/'bench'/'ensemble_study.py'
+    args = [sys.executable, str(script), '--data', str(tiny_zip), '--out', str(tmp_path/'ens'), '--members', '2',
+            '--arch', 'simple', '--epochs', '1', '--tta', '0', '--threads', '1']
+    first = subprocess.run(args, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(script.parent)})
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert re.findall(r'^member (\d): \d+ rows x 1 epochs', first.stdout, re.M) == ['0', '1']
+    scored = re.search(r'scored on (\d+) held-out rows', first.stdout)
+    assert scored and int(scored[1]) in (19, 20)  # fold 0 of 5 of the 96 generated images
+    table = {line.split(' | ')[0].strip('| '): [float(v) for v in line.strip(' |').split(' | ')[1:]]
+             for line in first.stdout.splitlines() if line.startswith('| ') and not line.startswith('| predictor')}
+    assert any(k.startswith('majority vote') for k in table) and sum(k.startswith('member ') for k in table) == 2
+    assert all(0 <= v <= 1 for row in table.values() for v in row)
+    for k in (0, 1): assert (tmp_path/'ens'/f'member{k}'/'fold.json').exists()
+    again = subprocess.run(args, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(script.parent)})
+    assert again.returncode == 0 and not re.search(r'^member \d: ', again.stdout, re.M)
+    assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
