@@ -9,7 +9,8 @@ sees), trains `--members` fold models on an inner stratified K-fold of the other
 `thera-fit` would (each with its threshold picked on its own inner out-of-fold rows), and scores on the
 held-out rows: each member alone, the majority vote at the members' thresholds (what `thera-predict`
 does), and the mean probability at 0.5 and at the mean of the members' thresholds. Finished members are
-reused when the script is rerun with the same arguments."""
+reused when the script is rerun with the same arguments; `--only 3,4` trains just those members and stops, so
+that members can train on several cores or machines at once before one run without it scores them all."""
 import argparse, time, warnings
 from pathlib import Path
 
@@ -29,11 +30,12 @@ from thera_fastai.runs import fold_done  # noqa: E402
 from thera_fastai.training import train_fold  # noqa: E402
 
 
-def train_members(images, labels, train_rows, cfg, out, members, runtime=None):
-    "Fits (or reuses) one model per inner fold of `train_rows`; returns them as `FoldModel`s with their thresholds."
+def train_members(images, labels, train_rows, cfg, out, members, runtime=None, only=None):
+    "Fits (or reuses) one model per inner fold of `train_rows` (those in `only` alone, if given); returns them as `FoldModel`s with their thresholds."
     run_id, runtime = 'ensemble-' + short_hash(cfg.to_dict(), members), runtime or Runtime()
     models = []
     for k, (inner_tr, inner_va) in enumerate(fold_splits(labels[train_rows], members, cfg.seed)):
+        if only is not None and k not in only: continue
         folder = Path(out)/f"member{k}"
         res = fold_done(folder, run_id)
         if res is None:
@@ -58,7 +60,8 @@ def main():
     ap.add_argument('--arch', default=FitConfig.arch)
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     ap.add_argument('--tta', type=int, default=4)
-    ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images, for a smoke run')
+    ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images (a smaller, quicker study)')
+    ap.add_argument('--only', default=None, help='comma-separated members to train, then stop without scoring')
     a = ap.parse_args()
     runtime = Runtime(threads=a.threads); runtime.apply()
     ds = open_dataset(a.data)
@@ -66,7 +69,9 @@ def main():
     cfg = FitConfig(arch=a.arch, folds=a.members, epochs=a.epochs, tta=a.tta, sample=a.sample)
     rows = sample_rows(labels, a.sample, cfg.seed)
     train_rows, held_out = (rows[i] for i in fold_splits(labels[rows], 5, cfg.seed)[0])
-    models = train_members(images, labels, train_rows, cfg, a.out, a.members, runtime)
+    only = None if a.only is None else {int(k) for k in a.only.split(',')}
+    models = train_members(images, labels, train_rows, cfg, a.out, a.members, runtime, only)
+    if only is not None: return
     probs, votes = predict_folds(models, images[held_out], a.tta)
     targs, thresholds = labels[held_out], [m.threshold for m in models]
     print(f"\n{a.members} members, {cfg.epochs} epochs each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "

@@ -30,20 +30,26 @@ def test_parse_variants_reads_names_and_typed_overrides():
 
 @pytest.mark.slow
 def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuses_members(tiny_zip, tmp_path):
-    "Two 1-epoch members on generated data: both scored alone and as a vote, member folders reused on a rerun."
+    "Two 1-epoch members on generated data, one trained apart (--only): scored alone and as a vote, reused on a rerun."
     script = Path(__file__).parents[1]/'bench'/'ensemble_study.py'
     args = [sys.executable, str(script), '--data', str(tiny_zip), '--out', str(tmp_path/'ens'), '--members', '2',
             '--arch', 'simple', '--epochs', '1', '--tta', '0', '--threads', '1']
-    first = subprocess.run(args, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(script.parent)})
+    study = lambda *extra: subprocess.run(args + list(extra), capture_output=True, text=True,
+                                          env={**os.environ, 'PYTHONPATH': str(script.parent)})
+    trained = lambda out: re.findall(r'^member (\d): \d+ rows x 1 epochs', out, re.M)
+    apart = study('--only', '1')
+    assert apart.returncode == 0, apart.stderr[-2000:]
+    assert trained(apart.stdout) == ['1'] and '| predictor' not in apart.stdout
+    assert not (tmp_path/'ens'/'member0').exists()
+    first = study()
     assert first.returncode == 0, first.stderr[-2000:]
-    assert re.findall(r'^member (\d): \d+ rows x 1 epochs', first.stdout, re.M) == ['0', '1']
+    assert trained(first.stdout) == ['0']  # member 1 reused
     scored = re.search(r'scored on (\d+) held-out rows', first.stdout)
     assert scored and int(scored[1]) in (19, 20)  # fold 0 of 5 of the 96 generated images
     table = {line.split(' | ')[0].strip('| '): [float(v) for v in line.strip(' |').split(' | ')[1:]]
              for line in first.stdout.splitlines() if line.startswith('| ') and not line.startswith('| predictor')}
     assert any(k.startswith('majority vote') for k in table) and sum(k.startswith('member ') for k in table) == 2
     assert all(0 <= v <= 1 for row in table.values() for v in row)
-    for k in (0, 1): assert (tmp_path/'ens'/f'member{k}'/'fold.json').exists()
-    again = subprocess.run(args, capture_output=True, text=True, env={**os.environ, 'PYTHONPATH': str(script.parent)})
-    assert again.returncode == 0 and not re.search(r'^member \d: ', again.stdout, re.M)
+    again = study()
+    assert again.returncode == 0 and trained(again.stdout) == []
     assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
