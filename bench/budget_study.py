@@ -85,7 +85,7 @@ def main():
         tf.fit(a.data, out/name, fold=0, threads=a.threads, log=lambda *_: None, **{**cfg.to_dict(), 'epochs': epochs})
         print(f"{name}: {rate:.0f} img/s, {epochs} epochs, {(time.time() - t) / 60:.1f} min wall", flush=True)
         done.append(out/name)
-    frame = write_comparison(done, out, a.target)
+    frame = write_comparison(done, out, a.target, fold=0)  # the study trains fold 0; a run folder may have more since
     print('\n' + comparison_markdown(frame))
 
 

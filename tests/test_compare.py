@@ -120,3 +120,25 @@ def test_error_agreement_refuses_runs_that_cannot_be_matched(two_runs, tmp_path)
     elsewhere = _altered_copy(two_runs/'simple', tmp_path/'elsewhere', lambda o: o.assign(row=o['row'] + 10_000))
     with pytest.raises(TheraError, match='share no out-of-fold row'): error_agreement([two_runs/'simple', elsewhere])
     with pytest.raises(TheraError, match='at least two runs'): error_agreement([two_runs/'simple'])
+
+
+def test_compare_one_fold_of_every_run_scores_the_same_rows(two_runs, tmp_path):
+    "A run with two finished folds against one with fold 0 alone: `fold=0` compares fold 0 of both."
+    shutil.copytree(two_runs/'simple', tmp_path/'both')
+    tf.fit(two_runs/'data', tmp_path/'both', fold=1, **FIT)
+    runs = [tmp_path/'both', two_runs/'air-ema']
+    pooled = tf.compare(runs, tmp_path/'all', n=0)
+    assert list(pooled['folds']) == ['2/2', '1/2'] and pooled['images_seen'].iloc[0] == 2 * 2 * 48
+    one = tf.compare(runs, tmp_path/'f0', n=0, fold=0)
+    alone = tf.compare([two_runs/'simple'], tmp_path/'alone', n=0)
+    assert list(one['folds']) == ['1/2', '1/2'] and one['images_seen'].iloc[0] == 2 * 48
+    assert one['hter_cross'].iloc[0] == alone['hter_cross'].iloc[0] != pooled['hter_cross'].iloc[0]
+    assert one['minutes'].iloc[0] < pooled['minutes'].iloc[0]
+    assert '## Errors in common' in (tmp_path/'f0'/'compare.md').read_text()  # fold 0's rows, scored by both
+    other = tf.compare(runs, tmp_path/'f1', n=0, fold=1)  # air-ema has no fold 1: in the table, out of the agreement
+    assert list(other['folds']) == ['1/2', '0/2'] and np.isnan(other['hter_cross'].iloc[1])
+    assert '## Errors in common' not in (tmp_path/'f1'/'compare.md').read_text()
+    with pytest.raises(TheraError, match='no run has a finished fold 3'): tf.compare(runs, tmp_path/'f3', fold=3)
+    r = run_cli('thera-compare', *runs, '--out', tmp_path/'cli', '--fold', '0', '--n', '0')
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert pd.read_csv(tmp_path/'cli'/'compare.csv')['hter_cross'].tolist() == one['hter_cross'].tolist()

@@ -89,11 +89,12 @@ def compare(runs,  # Run folders of thera-fit
             data=None,  # The dataset for image names and grids (default: the first run's own)
             n:int=32,  # Rows per label in the grids of errors every run makes (0: none)
             cache=None,  # Folder for the decoded image cache
+            fold:int=None,  # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
            ):
     """Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and
     plot. With two runs or more, also where their errors overlap, their blend, and the rows every run gets wrong."""
     from .comparison import write_comparison
-    return write_comparison(runs, out, target, data, n, cache)
+    return write_comparison(runs, out, target, data, n, cache, fold)
 
 
 def audit(run,  # A thera-fit run folder

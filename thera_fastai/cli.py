@@ -246,6 +246,7 @@ def compare(
     data:str = None, # The dataset for image names and grids (default: the first run's own)
     n:int = 32, # Rows per label in the grids of errors every run makes (0: none)
     cache:str = None, # Folder for the decoded image cache
+    fold:int = None, # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
 ):
     """Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a
     plot. With two runs or more: how many errors they share, their blend, and the rows every run gets wrong."""
@@ -253,7 +254,7 @@ def compare(
         if not runs: raise TheraError("needs at least one run folder")
         _quiet_third_party()
         from .api import compare as compare_runs
-        compare_runs(runs, out, target, data, n, cache)
+        compare_runs(runs, out, target, data, n, cache, fold)
         text = (Path(out)/'compare.md').read_text()
         print(text)
         print(f"Wrote compare.md, compare.csv, compare.png{' and shared_errors.csv' * ('## Errors in common' in text)} in {out}")

@@ -9,6 +9,7 @@ import pandas as pd
 from .agreement import agreement_markdown, error_agreement, shared_error_grids, write_shared_errors
 from .callbacks import read_history
 from .config import FitConfig
+from .errors import TheraError
 from .files import atomic_write, make_folder
 from .report import run_summary
 from .runs import fold_dir, open_run, run_data
@@ -39,13 +40,13 @@ def minutes_to_reach(history, target, metric='hter'):
     return float(minutes.iloc[hit[0]]) if len(hit) else float('nan')
 
 
-def compare_runs(runs, target=None, summaries=None):
+def compare_runs(runs, target=None, summaries=None, fold=None):
     """One row per run folder: arch, stem, recipe, epochs, parameters, training GFLOP per image, fitting minutes,
     images seen, pooled out-of-fold HTER at 0.5 and at the cross-fitted threshold, AUC; with `target`, the
-    minutes the first finished fold took to first reach that HTER. `summaries`: the runs' `run_summary` results,
-    where already read."""
+    minutes the first finished fold took to first reach that HTER. `fold`: that fold of every run alone.
+    `summaries`: the runs' `run_summary` results, where already read."""
     rows = []
-    for run, (s, _) in zip(runs, summaries or map(run_summary, runs)):
+    for run, (s, _) in zip(runs, summaries or [run_summary(r, only=_only(fold)) for r in runs]):
         cfg, folds = s['config'], s['folds']
         profile = next((f['profile'] for f in folds.values() if f.get('profile')), {})
         p = s.get('pooled')
@@ -77,27 +78,34 @@ def comparison_markdown(frame):
     return '\n'.join(lines) + '\n'
 
 
-def plot_comparison(frame, path):
-    "HTER (cross-fitted) against fitting minutes, one labelled point per run."
+def _only(fold): return None if fold is None else {int(fold)}
+
+
+def plot_comparison(frame, path, fold=None):
+    "HTER (cross-fitted) against fitting minutes, one labelled point per run (`fold`: the one fold compared)."
     from .plots import pyplot, save_figure
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for r in frame.itertuples(index=False):
         ax.scatter(r.minutes, r.hter_cross)
         ax.annotate(Path(r.run).name, (r.minutes, r.hter_cross), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    ax.set(xlabel='fitting minutes (all finished folds)', ylabel='pooled out-of-fold HTER, cross-fitted threshold',
+    ax.set(xlabel='fitting minutes (all finished folds)' if fold is None else f'fitting minutes (fold {fold})',
+           ylabel=f"{'pooled out-of-fold' if fold is None else f'fold {fold} out-of-fold'} HTER, cross-fitted threshold",
            title='HTER against training time')
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
 
-def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None):
+def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fold=None):
     """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more that have finished folds, also
     their errors in common (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label
-    every run gets wrong). `data`: the dataset for names and images (default: the first run's own). Returns the table."""
+    every run gets wrong). `data`: the dataset for names and images (default: the first run's own). `fold`: compare
+    that fold of every run alone, so that runs with different numbers of finished folds score the same rows.
+    Returns the table."""
     from .cache import cached_images
     from .source import open_dataset
-    summaries = [run_summary(run) for run in runs]  # read once for both tables
+    summaries = [run_summary(run, only=_only(fold)) for run in runs]  # read once for both tables
+    if fold is not None and not any(s['folds'] for s, _ in summaries): raise TheraError(f"no run has a finished fold {fold}")
     frame = compare_runs(runs, target, summaries)
     out = make_folder(out, 'output')
     text = comparison_markdown(frame)
@@ -113,5 +121,5 @@ def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None):
             text += '\n' + '\n\n'.join(f"![{p.stem}]({p.name})" for p in grids) + '\n'
     atomic_write(out/'compare.md', lambda tmp: tmp.write_text(text))
     atomic_write(out/'compare.csv', lambda tmp: frame.to_csv(tmp, index=False))
-    plot_comparison(frame, out/'compare.png')
+    plot_comparison(frame, out/'compare.png', fold)
     return frame

@@ -48,10 +48,11 @@ def cv_summary(oof, prob='prob_tta'):
 _FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'images_seen', 'n_train', 'n_valid', 'runtime', 'resumed_from_epoch', 'profile')
 
 
-def run_summary(out, run=None):
-    "(summary, pooled out-of-fold frame) of run folder `out` (`run`: its config.json, if already read): per-fold and pooled metrics."
+def run_summary(out, run=None, only=None):
+    """(summary, pooled out-of-fold frame) of run folder `out` (`run`: its config.json, if already read): per-fold and
+    pooled metrics. `only`: these fold numbers alone, the others left out as if unfinished."""
     run = run or open_run(out)
-    folds = finished_folds(out, run)
+    folds = {k: f for k, f in finished_folds(out, run).items() if only is None or k in only}
     summary = dict(run_id=run['run_id'], config=run['config'], n_images=run.get('n_images'), versions=run.get('versions', {}),
                    fit_seconds=sum(f['fit_seconds'] for f in folds.values()),
                    folds={k: {n: f.get(n) for n in _FOLD_KEYS} for k, f in folds.items()},
