@@ -40,6 +40,9 @@ def minutes_to_reach(history, target, metric='hter'):
     return float(minutes.iloc[hit[0]]) if len(hit) else float('nan')
 
 
+def _only(fold): return None if fold is None else {int(fold)}
+
+
 def compare_runs(runs, target=None, summaries=None, fold=None):
     """One row per run folder: arch, stem, recipe, epochs, parameters, training GFLOP per image, fitting minutes,
     images seen, pooled out-of-fold HTER at 0.5 and at the cross-fitted threshold, AUC; with `target`, the
@@ -76,9 +79,6 @@ def comparison_markdown(frame):
     lines = [head, '|' + '---|' * len(frame.columns)]
     lines += ['| ' + ' | '.join(cell(c, v) for c, v in zip(frame.columns, r)) + ' |' for r in frame.itertuples(index=False)]
     return '\n'.join(lines) + '\n'
-
-
-def _only(fold): return None if fold is None else {int(fold)}
 
 
 def plot_comparison(frame, path, fold=None):
