@@ -89,9 +89,8 @@ def plot_comparison(frame, path, fold=None):
     for r in frame.itertuples(index=False):
         ax.scatter(r.minutes, r.hter_cross)
         ax.annotate(Path(r.run).name, (r.minutes, r.hter_cross), textcoords='offset points', xytext=(4, 4), fontsize=8)
-    ax.set(xlabel='fitting minutes (all finished folds)' if fold is None else f'fitting minutes (fold {fold})',
-           ylabel=f"{'pooled out-of-fold' if fold is None else f'fold {fold} out-of-fold'} HTER, cross-fitted threshold",
-           title='HTER against training time')
+    scope = ('all finished folds', 'pooled out-of-fold') if fold is None else (f'fold {fold}', f'fold {fold} out-of-fold')
+    ax.set(xlabel=f'fitting minutes ({scope[0]})', ylabel=f'{scope[1]} HTER, cross-fitted threshold', title='HTER against training time')
     ax.grid(alpha=0.3)
     save_figure(fig, path)
 
