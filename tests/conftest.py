@@ -51,6 +51,14 @@ def _isolated_cache(tmp_path, monkeypatch):
     monkeypatch.setenv('THERA_COMPILE', '0')
 
 
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    "A 96-image generated dataset shared by a module's in-process fits."
+    root = tmp_path_factory.mktemp('data')
+    write_dataset(root/'data', n_train=96, n_val=8)
+    return root/'data'
+
+
 @pytest.fixture
 def tiny_folder(tmp_path):
     folder = tmp_path/'data'

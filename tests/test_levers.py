@@ -7,19 +7,10 @@ import torch
 from fastai.callback.core import Callback
 
 import thera_fastai as tf
-import thera_fastai.training as training
-from conftest import write_dataset
 from thera_fastai.errors import TheraError
 from thera_fastai.learner import BalancedBCELoss
 
 FIT = dict(arch='simple', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
-
-
-@pytest.fixture(scope='module')
-def data(tmp_path_factory):
-    root = tmp_path_factory.mktemp('levers')
-    write_dataset(root/'data', n_train=96, n_val=8)
-    return root/'data'
 
 
 class _Seen(Callback):
@@ -28,11 +19,6 @@ class _Seen(Callback):
     def __init__(self): self.sizes, self.targets = [], []
     def before_batch(self):
         if self.training: self.sizes.append((self.epoch, self.learn.xb[0].shape[-1])); self.targets.append(self.learn.yb[0].detach().clone())
-
-
-def _with(monkeypatch, cb):
-    fit = training._fit
-    monkeypatch.setattr(training, '_fit', lambda learn, cfg, start, cbs: fit(learn, cfg, start, cbs + [cb]))
 
 
 def test_a_timm_model_trains_one_epoch_predicts_and_records_its_cost(data, tmp_path):
@@ -44,9 +30,9 @@ def test_a_timm_model_trains_one_epoch_predicts_and_records_its_cost(data, tmp_p
     assert len(frame) == 8 and set(frame['label']) <= {0, 1}
 
 
-def test_progressive_resizing_trains_small_first_then_full_size(data, tmp_path, monkeypatch):
-    seen = _Seen(); _with(monkeypatch, seen)
-    tf.fit(data, tmp_path/'run', fold=0, epochs=2, resize_from=32, **FIT)
+def test_progressive_resizing_trains_small_first_then_full_size(data, tmp_path):
+    seen = _Seen()
+    tf.fit(data, tmp_path/'run', fold=0, epochs=2, resize_from=32, cbs=[seen], **FIT)
     assert {e: s for e, s in seen.sizes} == {0: 32, 1: 64}
 
 
@@ -68,18 +54,16 @@ def test_ema_weights_are_what_the_fold_keeps_and_resume_keeps_them(data, tmp_pat
         order = 99
         def after_epoch(self):
             if self.epoch == 1: raise KeyboardInterrupt
-    _with(monkeypatch, _Stop())
-    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, ema=0.9, **FIT)
-    monkeypatch.undo()
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, ema=0.9, cbs=[_Stop()], **FIT)
     s = tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, ema=0.9, **FIT)
     assert s['folds'][0]['resumed_from_epoch'] == 2
     assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
 
 
-def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold(data, tmp_path, monkeypatch):
+def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold(data, tmp_path):
     tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, **FIT)
-    seen = _Seen(); _with(monkeypatch, seen)
-    s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher'), distill_weight=1.0, **FIT)
+    seen = _Seen()
+    s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher'), distill_weight=1.0, cbs=[seen], **FIT)
     targets = torch.cat(seen.targets)
     assert targets.dtype == torch.float32 and ((targets > 0) & (targets < 1)).all()  # probabilities, not 0/1 labels
     teacher = tf.load_fold_learner(tmp_path/'teacher'/'fold0')
@@ -109,7 +93,7 @@ def test_soft_bootstrapping_blends_the_label_with_the_models_own_probability():
 
 
 @pytest.mark.parametrize('kind', ['rows', 'names', 'csv'])
-def test_excluded_rows_never_reach_training_and_validation_is_unchanged(kind, data, tmp_path, monkeypatch):
+def test_excluded_rows_never_reach_training_and_validation_is_unchanged(kind, data, tmp_path):
     base = tf.fold_rows(data, tf.FitConfig(**{k: v for k, v in FIT.items() if k in ('folds', 'bs', 'tta')}), 0)
     train, valid = base[2], base[3]
     drop = np.concatenate([train[:5], valid[:2]])
@@ -122,8 +106,7 @@ def test_excluded_rows_never_reach_training_and_validation_is_unchanged(kind, da
     class _Rows(Callback):
         def before_batch(self):
             if self.training: rows_seen.extend(self.dl.batch_rows.tolist())
-    _with(monkeypatch, _Rows())
-    s = tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(path), **FIT)
+    s = tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(path), cbs=[_Rows()], **FIT)
     assert s['folds'][0]['n_train'] == len(train) - 5 and s['folds'][0]['n_valid'] == len(valid)
     assert not set(rows_seen) & set(train[:5]) and set(rows_seen) <= set(train)
     oof = pd.read_csv(tmp_path/'run'/'fold0'/'oof.csv')

@@ -8,7 +8,7 @@
 Names are imported on first use, so `import thera_fastai` stays fast."""
 import sys, types
 
-__version__ = '0.7.0'
+__version__ = '0.8.0'
 
 _EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'compare': 'api', 'audit': 'api',
             'load_fold_learner': 'learner', 'grad_cam': 'saliency', 'plot_saliency': 'saliency', 'create_model': 'models',

@@ -5,6 +5,7 @@ from pathlib import Path
 from .config import FitConfig, Runtime
 from .errors import TheraError
 from .inference import TTA_SEED
+from .config import N_BOOT
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'compare', 'audit', 'make_config', 'default_out']
 
@@ -31,13 +32,14 @@ def fit(data,  # The exercise zip or its extracted folder
         threads:int=None,  # Torch and decode threads (default: all cores)
         bars:bool=False,  # Progress bars (else one line per epoch)
         log=print,  # Where progress lines go
+        cbs=None,  # Extra fastai callbacks for every fold's fit (they are not part of the run's identity)
         **config,  # `FitConfig` fields: arch, folds, epochs, bs, lr, seed, balance, tta, sample, ...
        ) -> dict:  # The run's report: per-fold and pooled out-of-fold metrics
     "Stratified K-fold training of one recipe; writes fold weights, out-of-fold predictions and the report under `out`."
     from .cv import cross_validate
     cfg = make_config(**config)
     runtime = Runtime(device=device, precision=precision, threads=threads)
-    return cross_validate(data, out or default_out(cfg.arch), cfg, runtime, only_fold=fold, cache=cache, bars=bars, log=log)
+    return cross_validate(data, out or default_out(cfg.arch), cfg, runtime, only_fold=fold, cache=cache, bars=bars, log=log, cbs=cbs)
 
 
 def predict(models,  # A thera-fit run folder
@@ -90,11 +92,12 @@ def compare(runs,  # Run folders of thera-fit
             n:int=32,  # Rows per label in the grids of errors every run makes (0: none)
             cache=None,  # Folder for the decoded image cache
             fold:int=None,  # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
+            n_boot:int=N_BOOT,  # Resamples of the paired bootstrap interval of each run's HTER difference from the first run's (0: none)
            ):
     """Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and
     plot. With two runs or more, also where their errors overlap, their blend, and the rows every run gets wrong."""
     from .comparison import write_comparison
-    return write_comparison(runs, out, target, data, n, cache, fold)
+    return write_comparison(runs, out, target, data, n, cache, fold, n_boot)
 
 
 def audit(run,  # A thera-fit run folder

@@ -14,7 +14,7 @@ from .distributed import is_main, world_size
 from .errors import TheraError
 from .files import atomic_write
 
-__all__ = ['BF16Autocast', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint',
+__all__ = ['BF16Autocast', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
            'rng_states', 'set_rng_states']
 
 
@@ -73,11 +73,14 @@ def _unwrapped(model):
     return model.module if isinstance(model, (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)) else model
 
 
-def _ckpt_bytes(learn, epoch):
+def _stateful(cb): return callable(getattr(type(cb), 'checkpoint_state', None))  # a Callback's own attribute, not its Learner's
+
+
+def _ckpt_bytes(learn, epoch, plan=None):
     buf = io.BytesIO()
     smooth = learn.recorder.smooth_loss  # the logged train_loss: a moving average that runs across epochs
     state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)],
-                 extra={type(cb).__name__: cb.checkpoint_state() for cb in learn.cbs if hasattr(cb, 'checkpoint_state')})
+                 extra={type(cb).__name__: cb.checkpoint_state() for cb in learn.cbs if _stateful(cb)}, plan=_plain(plan))
     torch.save(dict(epoch=epoch, model=_unwrapped(learn.model).state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
     return buf.getvalue()
 
@@ -87,7 +90,8 @@ class EpochCheckpoint(Callback):
     atomically, keeping only the newest; on resume they are put back before the next epoch, so a resumed fit equals an
     uninterrupted one."""
     order = 70
-    def __init__(self, folder, start_epoch=0, resume=None): self.folder, self.start, self.resume = Path(folder), start_epoch, resume
+    def __init__(self, folder, start_epoch=0, resume=None, plan=None):
+        self.folder, self.start, self.resume, self.plan = Path(folder), start_epoch, resume, plan
 
     def before_train(self):
         if self.resume is None: return
@@ -98,10 +102,17 @@ class EpochCheckpoint(Callback):
     def after_epoch(self):
         if self.epoch < self.start or not is_main(): return  # an epoch skipped on resume; only rank 0 writes
         path = self.folder/f"ckpt-e{self.epoch}.pth"
-        data = _ckpt_bytes(self.learn, self.epoch)
+        data = _ckpt_bytes(self.learn, self.epoch, self.plan)
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
         for _, old in checkpoints(self.folder):
             if old != path: old.unlink(missing_ok=True)
+
+
+def resume_callbacks(cbs, state):
+    "Gives each stateful callback (one with `checkpoint_state` and `load_checkpoint_state`) what the checkpoint `state` saved of it."
+    saved = (state or {}).get('extra', {})
+    for cb in cbs:
+        if _stateful(cb) and type(cb).__name__ in saved: cb.load_checkpoint_state(saved[type(cb).__name__])
 
 
 def checkpoints(folder):

@@ -11,6 +11,7 @@ from fastcore.script import call_parse, store_true
 from .config import FitConfig, Runtime
 from .errors import EXIT_BAD_INPUT, TheraError
 from .inference import TTA_SEED
+from .config import N_BOOT
 from .progress import plural, show_bars
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'sweep', 'export', 'demo', 'compare', 'audit']
@@ -51,6 +52,32 @@ def _writable_file(path, param):
     return path
 
 
+def parse_duration(text):
+    "Seconds in '10m', '90s', '1.5h' or a plain number of seconds; None stays None."
+    if text is None: return None
+    units = {'s': 1, 'm': 60, 'h': 3600}
+    t = str(text).strip().lower()
+    try: return float(t[:-1]) * units[t[-1]] if t and t[-1] in units else float(t)
+    except ValueError: raise TheraError(f"is not a duration like 10m, 90s or 1h (got {text!r})", param='budget') from None
+
+
+def parse_hyp(text):
+    "'k=v,k=v' as a dict of numbers and booleans (0/1, true/false); None stays None."
+    if text is None: return None
+    out = {}
+    for part in filter(None, str(text).split(',')):
+        k, sep, v = part.partition('=')
+        if not sep: raise TheraError(f"{part!r} is not k=v", param='hyp')
+        v = v.strip().lower()
+        out[k.strip()] = {'true': True, 'false': False}.get(v) if v in ('true', 'false') else _number(v, k)
+    return out
+
+
+def _number(v, k):
+    try: return int(v) if v.lstrip('-').isdigit() else float(v)
+    except ValueError: raise TheraError(f"{k}={v!r} is not a number or true/false", param='hyp') from None
+
+
 _D = FitConfig  # defaults below are FitConfig's and Runtime's own
 
 
@@ -58,6 +85,9 @@ _D = FitConfig  # defaults below are FitConfig's and Runtime's own
 def fit(
     data:str = None, # The exercise zip or its extracted folder
     arch:str = _D.arch, # Model: airbench (default), simple, resnet18, or any timm model name (adapted to 64x64 by --stem)
+    method:str = _D.method, # Training method: adam (fastai's Adam, one-cycle) or airbench (airbench94's SGD method; --arch airbench)
+    budget:str = None, # Time each fold may take, evaluation included (e.g. 10m, 90s, 1h): sets the steps instead of --epochs
+    hyp:str = None, # airbench method settings to change, as k=v,k=v (e.g. lookahead=false,bias_scaler=32; see config.AIRBENCH)
     folds:int = _D.folds, # Number of stratified folds
     epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 3 for airbench, 13 for simple)
     out:str = None, # Run folder (default: runs/<arch>)
@@ -65,8 +95,8 @@ def fit(
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
     seed:int = _D.seed, # Seed for folds, sampling, initialization and TTA
     bs:int = _D.bs, # Batch size (default: the arch's recipe)
-    lr:float = _D.lr, # Peak learning rate (default: the arch's recipe)
-    wd:float = _D.wd, # Weight decay
+    lr:float = _D.lr, # Peak learning rate (default: the arch's recipe; airbench method: 11.5 per 1024 examples)
+    wd:float = _D.wd, # Weight decay (default: the method's: adam 0.01, airbench 0.0153 per 1024 examples)
     tta:int = _D.tta, # TTA passes for out-of-fold predictions (0 = none)
     balance:str = _D.balance, # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     no_flip:store_true = not _D.flip, # No horizontal flip in augmentation
@@ -94,7 +124,7 @@ def fit(
         _require(data=data)
         _quiet_third_party()
         from .api import fit as fit_run
-        config = dict(arch=arch, folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
+        config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight)
@@ -247,14 +277,16 @@ def compare(
     n:int = 32, # Rows per label in the grids of errors every run makes (0: none)
     cache:str = None, # Folder for the decoded image cache
     fold:int = None, # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
+    boot:int = N_BOOT, # Resamples of the paired bootstrap interval of each run's HTER difference from the first run's (0: none)
 ):
     """Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a
-    plot. With two runs or more: how many errors they share, their blend, and the rows every run gets wrong."""
+    plot. With two runs or more: how many errors they share, their blend, the rows every run gets wrong, and whether
+    each run's HTER differs from the first run's by more than noise (a paired bootstrap interval)."""
     with _friendly('thera-compare'):
         if not runs: raise TheraError("needs at least one run folder")
         _quiet_third_party()
         from .api import compare as compare_runs
-        compare_runs(runs, out, target, data, n, cache, fold)
+        compare_runs(runs, out, target, data, n, cache, fold, boot)
         text = (Path(out)/'compare.md').read_text()
         print(text)
         print(f"Wrote compare.md, compare.csv, compare.png{' and shared_errors.csv' * ('## Errors in common' in text)} in {out}")

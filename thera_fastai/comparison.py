@@ -11,6 +11,7 @@ from .callbacks import read_history
 from .config import FitConfig
 from .errors import TheraError
 from .files import atomic_write, make_folder
+from .paired import N_BOOT, paired_differences
 from .report import run_summary
 from .runs import fold_dir, open_run, run_data
 
@@ -20,9 +21,13 @@ _SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_
 
 
 def recipe_text(config):
-    "The config fields that differ from `FitConfig`'s defaults for its arch, as 'k=v' text ('default' if none)."
-    base = FitConfig(arch=config['arch']).to_dict()
-    diff = [f"{k}={v}" for k, v in config.items() if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v]
+    """The config fields that differ from `FitConfig`'s defaults for its arch and method, as 'k=v' text ('default' if
+    none); of the airbench method's settings, those that differ from `AIRBENCH`; a budget in minutes."""
+    base = FitConfig(arch=config['arch'], method=config.get('method', 'adam')).to_dict()
+    diff = [f"{k}={v}" for k, v in config.items() if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v and k not in ('hyp', 'budget')]
+    if config.get('method', 'adam') != 'adam': diff.insert(0, f"method={config['method']}")
+    diff += [f"{k}={v}" for k, v in (config.get('hyp') or {}).items() if base['hyp'].get(k) != v]
+    if config.get('budget'): diff.append(f"budget={config['budget'] / 60:g}m")
     return ', '.join(diff) or 'default'
 
 
@@ -53,7 +58,8 @@ def compare_runs(runs, target=None, summaries=None, fold=None):
         cfg, folds = s['config'], s['folds']
         profile = next((f['profile'] for f in folds.values() if f.get('profile')), {})
         p = s.get('pooled')
-        row = dict(run=str(run), arch=cfg['arch'], stem=cfg.get('stem') or '', recipe=recipe_text(cfg), epochs=cfg['epochs'],
+        epochs = cfg['epochs'] if cfg.get('epochs') is not None else np.mean([f.get('epochs_run') or np.nan for f in folds.values()] or [np.nan])
+        row = dict(run=str(run), arch=cfg['arch'], stem=cfg.get('stem') or '', recipe=recipe_text(cfg), epochs=epochs,
                    folds=f"{len(folds)}/{cfg['folds']}", params_m=profile.get('params', np.nan) / 1e6,
                    train_gflop=profile.get('train_gflop', np.nan), minutes=s['fit_seconds'] / 60,
                    images_seen=sum(f['images_seen'] for f in folds.values()),
@@ -68,7 +74,7 @@ def compare_runs(runs, target=None, summaries=None, fold=None):
 
 def comparison_markdown(frame):
     "The comparison as a Markdown table, HTERs to 4 places."
-    fmt = {'params_m': '{:.2f}', 'train_gflop': '{:.3f}', 'minutes': '{:.1f}', 'hter_05': '{:.4f}', 'hter_cross': '{:.4f}', 'auc': '{:.4f}',
+    fmt = {'epochs': '{:.3g}', 'params_m': '{:.2f}', 'train_gflop': '{:.3f}', 'minutes': '{:.1f}', 'hter_05': '{:.4f}', 'hter_cross': '{:.4f}', 'auc': '{:.4f}',
            'images_seen': '{:,}'}
     def cell(c, v):
         if isinstance(v, float) and np.isnan(v): return '-'
@@ -95,11 +101,22 @@ def plot_comparison(frame, path, fold=None):
     save_figure(fig, path)
 
 
-def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fold=None):
+def paired_markdown(paired):
+    "The paired differences as a Markdown section, each run against the baseline, with the interval in words."
+    lines = ["## Differences beyond noise", "",
+             f"HTER of each run minus {paired['baseline'].iloc[0]}'s on the {paired['n_rows'].iloc[0]:,} rows both scored, thresholds "
+             f"cross-fitted; 95% paired bootstrap interval over {paired['n_boot'].iloc[0]:,} resamples of the rows (within each label).", "",
+             "| run | HTER difference | 95% interval | standard error | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r.run} | {r.diff:+.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | {r.se:.4f} | {r.verdict} |" for r in paired.itertuples()]
+    return '\n'.join(lines) + '\n'
+
+
+def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fold=None, n_boot=N_BOOT):
     """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more that have finished folds, also
     their errors in common (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label
     every run gets wrong). `data`: the dataset for names and images (default: the first run's own). `fold`: compare
     that fold of every run alone, so that runs with different numbers of finished folds score the same rows.
+    `n_boot`: resamples of the paired interval of each run's HTER difference from the first run's (paired.csv; 0: none).
     Returns the table."""
     from .cache import cached_images
     from .source import open_dataset
@@ -112,6 +129,10 @@ def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fo
     if len(finished) > 1:
         agreement = error_agreement([runs[i] for i in finished], [summaries[i] for i in finished])
         text += '\n' + agreement_markdown(agreement)
+        if n_boot:
+            paired = paired_differences(agreement['rows'], agreement['names'], n_boot)
+            text += '\n' + paired_markdown(paired)
+            atomic_write(out/'paired.csv', lambda tmp: paired.to_csv(tmp, index=False, float_format='%.6g'))
         source = run_data(open_run(runs[finished[0]]), data)
         dataset = open_dataset(source).train if source else None
         shared = write_shared_errors(agreement, out/'shared_errors.csv', dataset.names if dataset else None)

@@ -8,7 +8,7 @@ from .cache import IMAGE_SHAPE
 from .errors import TheraError
 from .models import ARCHS, arch_stems, check_arch
 
-__all__ = ['FitConfig', 'Runtime', 'RECIPES', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
+__all__ = ['FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
 
 # The default arch and its epochs come from the time-budget study (docs/results.md): airbench with its own label
 # smoothing 0.2 beat the simple CNN and the timm families at 30 minutes of one core per candidate on the full
@@ -21,6 +21,17 @@ RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
            'resnet18': dict(lr=2e-3, bs=128, epochs=4, label_smoothing=0.0, stem='nopool'),
            'airbench': dict(lr=3e-3, bs=128, epochs=3, label_smoothing=0.2),
            'timm': dict(lr=2e-3, bs=128, epochs=4, label_smoothing=0.0, stem='x2')}
+# airbench94's training method (Keller Jordan's CIFAR-10 speed run) in its decoupled form: lr and wd per 1024
+# examples, independent of the batch size and the momentum. `whiten_bias` is the share of the steps the whitening
+# layer's bias trains (airbench: 3 of 9.9 epochs); the lr warms up from `lr_start` over `warmup` of the steps, then
+# falls linearly to `lr_end`; `lookahead_every` steps the weights are pulled to their average. Each piece a switch.
+AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23, lr_start=0.2, lr_end=0.0,
+                whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
+                dirac=True, lookahead=True, lookahead_every=5, alt_flip=True)
+AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # lr and wd are FitConfig's own fields
+METHODS = ('adam', 'airbench')
+METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}
+N_BOOT = 1000  # resamples of thera-compare's paired bootstrap interval
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
@@ -40,11 +51,13 @@ def _at_least(value, low, param, kind=int):
 class FitConfig:
     "Everything that decides what a fit computes: saved with the run, hashed into its identity, compared on resume."
     arch: str = 'airbench'  # Model: airbench (CIFAR speed-run net, the default), simple (the seed's CNN), resnet18, or any timm model name
+    method: str = 'adam'  # Training method: adam (fastai's Adam, one-cycle) or airbench (airbench94's: whitened first layer, Nesterov SGD, Lookahead; --arch airbench)
+    budget: float = None  # Seconds each fold may take, evaluation included: the fit measures its speed and sets its steps to fit (None: --epochs)
     folds: int = 5  # Number of stratified folds
     epochs: int = None  # Epochs per fold (None: the arch's recipe)
     bs: int = None  # Batch size (None: the arch's recipe)
     lr: float = None  # Peak learning rate (None: the arch's recipe)
-    wd: float = 0.01  # Weight decay (fastai's decoupled, not on BatchNorm or biases)
+    wd: float = None  # Weight decay (adam: 0.01, fastai's decoupled, not on BatchNorm or biases; airbench: per 1024 examples)
     seed: int = 42  # Seed for folds, sampling, initialization and TTA
     balance: str = 'sampler'  # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     schedule: str = 'one_cycle'  # LR schedule: one_cycle, step (x0.1 every 10 epochs, the seed's StepLR) or constant
@@ -64,13 +77,17 @@ class FitConfig:
     exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
     distill: str = None  # Teacher run folder: its fold model's TTA probabilities become soft targets
     distill_weight: float = 0.5  # Weight of the teacher's probability in the soft target (the label has the rest)
+    hyp: dict = None  # The airbench method's settings (None: AIRBENCH; a dict replaces some of them, e.g. {'lookahead': False})
     image_size: tuple = IMAGE_SHAPE  # (height, width, channels) of the images
 
     def __post_init__(self):
         check_arch(self.arch)
-        recipe = RECIPES.get(self.arch, RECIPES['timm'])
-        for k in ('bs', 'lr', 'epochs', 'label_smoothing', 'stem'):  # stem: None where the recipe has none
-            if getattr(self, k) is None: setattr(self, k, recipe.get(k))
+        _choice(self.method, METHODS, 'method')
+        recipe = {**RECIPES.get(self.arch, RECIPES['timm']), **METHOD_DEFAULTS[self.method]}
+        for k in ('bs', 'lr', 'wd', 'epochs', 'label_smoothing', 'stem'):  # stem: None where the recipe has none
+            if getattr(self, k) is None and not (k == 'epochs' and self.budget is not None): setattr(self, k, recipe.get(k))
+        self._set_hyp()
+        if isinstance(self.budget, int) and not isinstance(self.budget, bool): self.budget = float(self.budget)
         self.image_size = tuple(self.image_size)
         if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
@@ -78,11 +95,32 @@ class FitConfig:
             if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
         self._check()
 
+    def _set_hyp(self):
+        if self.method != 'airbench':
+            if self.hyp is not None: raise TheraError("applies to --method airbench only", param='hyp')
+            return
+        if not isinstance(self.hyp, (dict, type(None))): raise TheraError(f"must be a dict (got {type(self.hyp).__name__})", param='hyp')
+        unknown = sorted(set(self.hyp or {}) - set(AIRBENCH_HYP))
+        if unknown: raise TheraError(f"unknown airbench settings {', '.join(unknown)} (known: {', '.join(AIRBENCH_HYP)})", param='hyp')
+        for k, v in (self.hyp or {}).items():
+            want = bool if isinstance(AIRBENCH_HYP[k], bool) else (int, float)
+            if not isinstance(v, want) or (want is not bool and isinstance(v, bool)):
+                raise TheraError(f"{k} must be {'true or false' if want is bool else 'a number'} (got {v!r})", param='hyp')
+        self.hyp = {**AIRBENCH_HYP, **(self.hyp or {})}
+
     def _check(self):
-        _at_least(self.folds, 2, 'folds'); _at_least(self.epochs, 1, 'epochs'); _at_least(self.bs, 1, 'bs')
+        _at_least(self.folds, 2, 'folds'); _at_least(self.bs, 1, 'bs')
+        if self.budget is None: _at_least(self.epochs, 1, 'epochs')
+        else:
+            _at_least(self.budget, 1, 'budget', float)
+            if self.epochs is not None: raise TheraError("sets the steps itself: give --budget or --epochs, not both", param='budget')
+            if self.resize_from is not None: raise TheraError("needs --epochs (its first half is at low resolution)", param='resize_from')
+            if self.method == 'adam' and self.schedule != 'one_cycle': raise TheraError("runs the one-cycle schedule over its steps (drop --schedule)", param='budget')
+        if self.method == 'airbench' and self.arch != 'airbench': raise TheraError("the airbench method trains --arch airbench only", param='method')
         _at_least(self.tta, 0, 'tta'); _at_least(self.max_shift_px, 0, 'max_shift_px'); _at_least(self.seed, 0, 'seed')
         if self.sample is not None: _at_least(self.sample, 4, 'sample')
-        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < 10: raise TheraError(f"must be in (0, 10) (got {self.lr!r})", param='lr')
+        top = 10 if self.method == 'adam' else 1000  # airbench's lr is per 1024 examples (11.5 on CIFAR-10)
+        if not isinstance(self.lr, (int, float)) or not 0 < self.lr < top: raise TheraError(f"must be in (0, {top}) (got {self.lr!r})", param='lr')
         if not 0 <= self.wd < 1: raise TheraError(f"must be in [0, 1) (got {self.wd!r})", param='wd')
         if not 0 <= self.max_rotate <= 180: raise TheraError(f"must be in [0, 180] degrees (got {self.max_rotate!r})", param='max_rotate')
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
@@ -105,16 +143,26 @@ class FitConfig:
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
         if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
+        if self.arch == 'airbench':
+            if self.method != 'airbench': return {}
+            h = self.hyp
+            return dict(whiten=h['whiten'], bn_momentum=h['bn_momentum'], bn_weight=h['bn_weight'], dirac=h['dirac'])
         if not arch_stems(self.arch): return {}
         return dict(stem=self.stem, pretrained=self.pretrained, weights=self.weights)
 
-    def aug_kwargs(self): return dict(flip=self.flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)
+    def aug_kwargs(self):
+        "Keyword arguments of the batch augmentation; airbench's alternating flip replaces the random one."
+        return dict(flip=self.flip and not self.alternating_flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)
+
+    @property
+    def alternating_flip(self): return self.flip and self.method == 'airbench' and self.hyp['alt_flip']
     def to_dict(self): return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d, where=None):
         "The config saved in a run folder; unknown or bad fields are one `TheraError` naming `where`."
         names = {f.name for f in fields(cls)}
+        if isinstance(d, dict) and 'method' not in d: d = {**d, 'method': 'adam'}  # configs written before the method existed
         unknown = sorted(set(d) - names)
         if unknown: raise TheraError(f"config has unknown fields {', '.join(unknown)} (written by another version?)", where)
         try: return cls(**d)

@@ -18,13 +18,13 @@ from .training import train_fold
 __all__ = ['cross_validate']
 
 
-def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cache=None, bars=False, log=print):
+def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cache=None, bars=False, log=print, cbs=None):
     """Runs (or resumes) the stratified folds of `cfg` on `data`, writing everything under `out`; returns the report.
 
     Every argument is checked before anything is written. Finished folds of the same run are
     skipped, an interrupted fold resumes from its last checkpoint, and a fold that another process
     is training is refused (so several processes, on one machine or several sharing `out`, can
-    each take folds). The report covers every finished fold on disk."""
+    each take folds). The report covers every finished fold on disk. `cbs`: extra callbacks of every fold's fit."""
     runtime = runtime or Runtime()
     if only_fold is not None and not (isinstance(only_fold, int) and 0 <= only_fold < cfg.folds):
         raise TheraError(f"{only_fold} is out of range for {cfg.folds} folds (0..{cfg.folds - 1})", param='fold')
@@ -45,7 +45,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         with (fold_lock(out, k) if is_main() else nullcontext(fold_dir(out, k))) as folder:
             left_out = f" ({len(tr) - len(train_rows)} excluded)" if len(excluded) else ''
             say(f"fold {k}/{cfg.folds}: training on {len(train_rows)} images{left_out}, validating on {len(va)} ({_how(rt)})")
-            try: info = train_fold(images, ds.labels, train_rows, rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log)
+            try: info = train_fold(images, ds.labels, train_rows, rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log, cbs=cbs)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
         if info: say(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .cache import IMAGE_SHAPE
+from .config import FitConfig
 from .data import images_dl
 from .errors import TheraError
 from .files import atomic_write, read_json
@@ -17,11 +18,13 @@ __all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'vote', 'votes_fram
 
 class FoldModel:
     "One fold's learner with the threshold chosen on its own out-of-fold rows."
-    def __init__(self, fold, learn, threshold): self.fold, self.learn, self.threshold = fold, learn, threshold
+    def __init__(self, fold, learn, threshold):
+        self.fold, self.learn, self.threshold = fold, learn, threshold
+        self.flip = FitConfig.from_dict(learn.fold_info['config']).alternating_flip  # TTA flips what the training flipped
 
     def predict(self, images, tta=4, bs=512, seed=TTA_SEED):
         "P(class 1) for every row of the (N, H, W, C) uint8 `images`; `tta` augmented passes blended with a plain one."
-        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta, seed)
+        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta, seed, flip=self.flip)
 
 
 def load_fold_models(run_dir, device='auto', partial=False, precision=None):

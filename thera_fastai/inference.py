@@ -8,6 +8,7 @@ import torch
 __all__ = ['compile_enabled', 'compiled_model', 'seeded', 'predict_probs', 'TTA_SEED']
 
 TTA_SEED = 0
+TTA_BETA = 0.25  # weight of the plain pass in the TTA blend (fastai's default)
 
 
 def compile_enabled():
@@ -37,19 +38,28 @@ def seeded(seed):
         finally: random.setstate(py); np.random.set_state(np_state)
 
 
-def predict_probs(learn, dl, tta=0, seed=TTA_SEED):
+def predict_probs(learn, dl, tta=0, seed=TTA_SEED, compile=None, flip=False, with_plain=False):
     """P(class 1) per row of `dl` as a 1-D array: `tta` augmented passes blended with a plain one, or a plain pass.
 
-    The augmentation draws from generators seeded with `seed`, so the same call gives the same numbers."""
+    The augmentation draws from generators seeded with `seed`, so the same call gives the same numbers. `flip` adds a
+    random horizontal flip to the passes, for a model whose training flipped by `AlternatingFlip` rather than in its
+    DataLoader. `compile`: use `torch.compile` (None: unless THERA_COMPILE=0). `with_plain`: (plain, TTA) from the same
+    passes, the plain one being the pass TTA blends in."""
+    from fastai.vision.augment import Flip  # here: the commands import this module before they silence fastai's import warnings
+    tfms = [*dl.after_batch.fs, Flip(p=0.5)] if tta and flip else None
     def run():
         with learn.no_bar(), warnings.catch_warnings(), seeded(seed):
             warnings.filterwarnings('ignore', module='fastai')
             warnings.filterwarnings('ignore', module='torch')
-            return learn.tta(dl=dl, n=tta)[0] if tta else learn.get_preds(dl=dl)[0]
+            if not tta: plain = learn.get_preds(dl=dl)[0]; return plain, plain
+            aug, plain = learn.tta(dl=dl, n=tta, batch_tfms=tfms, beta=None)[0]
+            return plain, torch.lerp(aug, plain, TTA_BETA)
+    compile = compile_enabled() if compile is None else compile
     try:
-        with compiled_model(learn): probs = run()
+        with compiled_model(learn, compile): plain, blended = run()
     except Exception as e:  # a missing compiler or an op inductor cannot lower: eager gives the same numbers
-        if not compile_enabled(): raise
+        if not compile: raise
         warnings.warn(f"torch.compile failed ({type(e).__name__}); predicting in eager mode")
-        probs = run()
-    return probs.float().view(-1).cpu().numpy()
+        plain, blended = run()
+    plain, blended = (p.float().view(-1).cpu().numpy() for p in (plain, blended))
+    return (plain, blended) if with_plain else blended

@@ -13,6 +13,7 @@ from .callbacks import speed_callbacks
 from .config import FitConfig, Runtime
 from .errors import TheraError
 from .files import atomic_write, read_json
+from .methods import airbench_opt, airbench_rates, airbench_splitter
 from .metrics import thera_metrics
 from .models import create_model
 
@@ -70,8 +71,12 @@ def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None
     kwargs = cfg.model_kwargs()
     if not init_weights and 'pretrained' in kwargs: kwargs.update(pretrained=False, weights=None)
     model = create_model(cfg.arch, **kwargs).to(rt['device'])
-    return Learner(dls, model, loss_func=_loss(cfg, train_labels), metrics=thera_metrics(), wd=cfg.wd, path=path, model_dir='.',
-                   cbs=speed_callbacks(rt['channels_last'], rt['precision']))
+    if cfg.method == 'airbench':  # per-group rates (the BatchNorm biases', the others'), which the schedule scales each step
+        lrs, wds = airbench_rates(cfg.lr, cfg.wd, cfg.bs, cfg.hyp)
+        opt = dict(opt_func=airbench_opt(cfg.hyp['momentum']), splitter=airbench_splitter, lr=lrs[1], wd=wds)
+    else: opt = dict(wd=cfg.wd)
+    return Learner(dls, model, loss_func=_loss(cfg, train_labels), metrics=thera_metrics(), path=path, model_dir='.',
+                   cbs=speed_callbacks(rt['channels_last'], rt['precision']), **opt)
 
 
 def weights_bytes(model):

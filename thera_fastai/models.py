@@ -3,11 +3,12 @@ adapted to 64x64 (`timm_64`); plus what a model costs (`model_profile`)."""
 import difflib
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .errors import TheraError
 
-__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
+__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
            'ARCHS', 'arch_stems', 'check_arch', 'create_model', 'model_profile']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
@@ -92,15 +93,23 @@ def _load_backbone(model, path, name='resnet18'):
         raise TheraError(f"{path}: not a {name} state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)")
 
 
-def conv_bn_gelu(ni, nf):
-    return nn.Sequential(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.BatchNorm2d(nf), nn.GELU())
+def _bn(nf, momentum=None, weight=True):
+    "BatchNorm in airbench's terms: `momentum` is the share of the old running statistics kept (torch's is 1 minus it)."
+    if momentum is None: return nn.BatchNorm2d(nf)
+    bn = nn.BatchNorm2d(nf, momentum=1 - momentum, eps=1e-12)
+    bn.weight.requires_grad_(weight)
+    return bn
+
+
+def conv_bn_gelu(ni, nf, bn_momentum=None, bn_weight=True):
+    return nn.Sequential(nn.Conv2d(ni, nf, 3, padding=1, bias=False), _bn(nf, bn_momentum, bn_weight), nn.GELU())
 
 
 class AirbenchBlock(nn.Sequential):
     "airbench's block: conv, 2x2 max-pool, BatchNorm, GELU, then conv, BatchNorm, GELU."
-    def __init__(self, ni, nf):
-        super().__init__(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(nf), nn.GELU(),
-                         conv_bn_gelu(nf, nf))
+    def __init__(self, ni, nf, bn_momentum=None, bn_weight=True):
+        super().__init__(nn.Conv2d(ni, nf, 3, padding=1, bias=False), nn.MaxPool2d(2), _bn(nf, bn_momentum, bn_weight), nn.GELU(),
+                         conv_bn_gelu(nf, nf, bn_momentum, bn_weight))
 
 
 class Scale(nn.Module):
@@ -108,15 +117,54 @@ class Scale(nn.Module):
     def forward(self, x): return x * self.scale
 
 
-def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3):
+def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3, whiten=False, bn_momentum=None, bn_weight=True, dirac=False):
     """The CIFAR-10 speed-run network (Keller Jordan's airbench94) adapted to 64 px.
 
     A 2x2 stride-2 patch conv halves 64 px to the 32 px the CIFAR net was made for; then its three
-    conv-pool-BN blocks, a global max-pool and a linear layer scaled by 1/9 (airbench's logit scale)."""
-    layers, ni = [nn.Conv2d(n_in, stem_width, 2, stride=2, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()], stem_width
-    for nf in widths: layers.append(AirbenchBlock(ni, nf)); ni = nf
+    conv-pool-BN blocks, a global max-pool and a linear layer scaled by 1/9 (airbench's logit scale).
+    airbench's training method builds it as airbench does: `whiten` makes the patch conv a frozen
+    whitening layer with a bias and no BatchNorm (`whiten_init` sets it from training images), `bn_momentum`
+    and `bn_weight=False` give BatchNorms a high momentum and frozen unit weights, `dirac` starts each conv
+    as the identity on its first input channels."""
+    if whiten:
+        stem = nn.Conv2d(n_in, stem_width, 2, stride=2, bias=True)
+        stem.weight.requires_grad_(False)
+        layers = [stem, nn.GELU()]
+    else: layers = [nn.Conv2d(n_in, stem_width, 2, stride=2, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()]
+    ni = stem_width
+    for nf in widths: layers.append(AirbenchBlock(ni, nf, bn_momentum, bn_weight)); ni = nf
     layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(ni, 1, bias=False), Scale(1 / 9)]
-    return nn.Sequential(*layers)
+    model = nn.Sequential(*layers)
+    if dirac:
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3): nn.init.dirac_(m.weight.data[:m.in_channels])
+    return model
+
+
+def patch_covariance(images, size=2, stride=2, chunk=500):
+    "The (C*size*size)-square second moment of the `size` px patches at `stride` of float `images` (N, C, H, W)."
+    dim = images.shape[1] * size * size
+    total, n = torch.zeros(dim, dim, dtype=torch.float64), 0
+    for part in images.split(chunk):
+        patches = F.unfold(part.float(), size, stride=stride).transpose(1, 2).reshape(-1, dim).double()
+        total += patches.T @ patches; n += len(patches)
+    return total / n
+
+
+@torch.no_grad()
+def whiten_init(conv, images, eps=5e-4):
+    """airbench's whitening initialization of a patch conv with 2*C*k*k filters: the eigenvectors of the patch
+    covariance of `images` (normalized float, N x C x H x W: training rows only), each scaled by 1/sqrt(eigenvalue
+    + eps), and their negatives, so the layer's output is decorrelated with unit variance on these images."""
+    k = conv.kernel_size[0]
+    cov = patch_covariance(images, k, conv.stride[0])
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None]).flip(0)
+    filters = filters.reshape(-1, images.shape[1], k, k).float()
+    # F.unfold orders a patch channel-major (c, y, x), the order of a conv weight's (in, kh, kw)
+    conv.weight.copy_(torch.cat([filters, -filters]))
+    if conv.bias is not None: conv.bias.zero_()
+    return conv
 
 
 TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1

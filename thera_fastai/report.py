@@ -45,7 +45,8 @@ def cv_summary(oof, prob='prob_tta'):
                 cross_fitted=error_rates(cross.astype(float), t, 0.5) | dict(auc=error_rates(p, t)['auc']))
 
 
-_FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'images_seen', 'n_train', 'n_valid', 'runtime', 'resumed_from_epoch', 'profile')
+_FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'fold_seconds', 'images_seen', 'epochs_run', 'steps', 'n_train', 'n_valid',
+              'runtime', 'resumed_from_epoch', 'profile')
 
 
 def run_summary(out, run=None, only=None):

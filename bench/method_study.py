@@ -1,0 +1,81 @@
+"""airbench's training method piece by piece at one time budget: each candidate trains fold 0 of 5 under
+`budget` (the fit measures its own speed and sets its steps), then every candidate is compared with the first, the
+current default, by the HTER difference on fold 0's held-out rows and its paired bootstrap interval.
+
+Run:  .venv/bin/python bench/method_study.py --data ../shared/data/ml_exercise_therapanacea.zip --budget 30m \
+          --out runs/method30 [--only airbench-sgd] [--threads 1]
+`--only` trains just those candidates (several processes or machines can share `--out`); a run with every
+candidate trained writes `method_study.csv` (the raw table: `thera-compare`'s columns and the paired difference)
+and `method_study.md`, generated from the CSV (`--table CSV` regenerates it)."""
+import argparse, sys, warnings
+from pathlib import Path
+
+warnings.filterwarnings('ignore')
+sys.path.insert(0, str(Path(__file__).parent))
+import pandas as pd  # noqa: E402
+
+import thera_fastai as tf  # noqa: E402
+from thera_fastai.cli import parse_duration  # noqa: E402
+from thera_fastai.comparison import write_comparison  # noqa: E402
+from thera_fastai.runs import fold_done, fold_dir, open_run  # noqa: E402
+from recipe_study import parse_variants  # noqa: E402
+
+CANDIDATES = ('adam:method="adam";airbench-sgd:method="airbench";'
+              'airbench-sgd-no-lookahead:method="airbench",hyp={"lookahead":False};'
+              'airbench-sgd-no-whiten:method="airbench",hyp={"whiten":False};'
+              'airbench-sgd-random-flip:method="airbench",hyp={"alt_flip":False}')
+
+
+def trained(run):
+    "Whether fold 0 of `run` is finished."
+    return (Path(run)/'config.json').exists() and fold_done(fold_dir(run, 0), open_run(run)['run_id']) is not None
+
+
+def study_table(compare_csv, paired_csv):
+    "The raw study table: one row per candidate, its cost and HTER, and its difference from the first with the interval."
+    frame = pd.read_csv(compare_csv)
+    frame['run'] = frame['run'].map(lambda r: Path(r).name)
+    paired = pd.read_csv(paired_csv)[['run', 'diff', 'lo', 'hi', 'verdict']]
+    return frame.merge(paired, on='run', how='left')
+
+
+def study_markdown(table):
+    "The study table as Markdown, from its CSV."
+    lines = ["| candidate | recipe | images seen | minutes | HTER cross-fitted | AUC | difference from the first [95%] | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in table.itertuples():
+        diff = '-' if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}]"
+        lines.append(f"| {r.run} | {r.recipe} | {r.images_seen:,} | {r.minutes:.1f} | {r.hter_cross:.4f} | {r.auc:.4f} | {diff} | "
+                     f"{'baseline' if pd.isna(r.verdict) else r.verdict} |")
+    return '\n'.join(lines) + '\n'
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument('--data')
+    ap.add_argument('--out', default='runs/method')
+    ap.add_argument('--budget', default='30m', help='time per candidate fold (e.g. 10m, 30m)')
+    ap.add_argument('--threads', type=int, default=None)
+    ap.add_argument('--sample', type=int, default=None)
+    ap.add_argument('--candidates', default=CANDIDATES)
+    ap.add_argument('--only', default=None, help='train just these candidates (comma-separated names)')
+    ap.add_argument('--table', default=None, help='regenerate method_study.md from this method_study.csv and stop')
+    a = ap.parse_args()
+    if a.table: print(study_markdown(pd.read_csv(a.table)), end=''); return
+    out, budget = Path(a.out), parse_duration(a.budget)
+    runs = []
+    for name, over in parse_variants(a.candidates):
+        run = out/name
+        runs.append(run)
+        if a.only and name not in a.only.split(','): continue
+        tf.fit(a.data, run, fold=0, folds=5, budget=budget, sample=a.sample, threads=a.threads, log=lambda *_: None, **over)
+        print(f"{name}: trained", flush=True)
+    if not all(map(trained, runs)): print("not every candidate is trained yet: no table"); return
+    write_comparison(runs, out, fold=0, n=0)
+    table = study_table(out/'compare.csv', out/'paired.csv')
+    table.to_csv(out/'method_study.csv', index=False)
+    (out/'method_study.md').write_text(study_markdown(table))
+    print(study_markdown(table))
+
+
+if __name__ == '__main__': main()

@@ -1,0 +1,180 @@
+"""airbench's training method and time-budgeted fits on generated data: the whitening layer, the schedule over the
+fit's steps, Lookahead's resume, the budget's plan, and the paired interval that says whether a difference is noise."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastai.callback.core import Callback
+from safetensors.torch import load_file
+
+import thera_fastai as tf
+from conftest import synthetic_images, write_dataset
+from thera_fastai.budget import eval_seconds, plan_steps
+from thera_fastai.cli import parse_duration, parse_hyp
+from thera_fastai.config import AIRBENCH, FitConfig
+from thera_fastai.errors import TheraError
+from thera_fastai.models import airbench_64, whiten_init
+from thera_fastai.paired import cross_fitted_hter_of, paired_difference, verdict
+from thera_fastai.report import cv_summary
+
+FIT = dict(method='airbench', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
+
+
+def test_whitening_decorrelates_the_patches_of_the_images_it_is_set_from():
+    labels = np.arange(300) % 2
+    x = torch.from_numpy(synthetic_images(labels)).permute(0, 3, 1, 2).float() / 255
+    x = torch.nn.functional.avg_pool2d(x, 3, 1, 1) - 0.5  # neighbouring pixels strongly correlated
+    model = airbench_64(whiten=True, bn_momentum=0.6, bn_weight=False)
+    whiten_init(model[0], x, eps=1e-6)
+    out = torch.nn.functional.conv2d(x, model[0].weight, stride=2)
+    half = out[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    cov = half.T @ half / len(half)
+    assert torch.allclose(cov, torch.eye(12, dtype=torch.float64), atol=0.02)
+    assert torch.equal(out[:, 12:], -out[:, :12])  # the second half are the negated filters
+    raw = torch.nn.functional.unfold(x, 2, stride=2).transpose(1, 2).reshape(-1, 12).double()
+    assert (raw.T @ raw / len(raw) - torch.diag((raw.T @ raw / len(raw)).diag())).abs().max() > 0.01  # the input was not white
+
+
+def test_whitening_weights_come_from_the_training_rows_only_and_never_train(data, tmp_path):
+    tf.fit(data, tmp_path/'a', fold=0, epochs=1, **FIT)
+    other = tmp_path/'other'
+    write_dataset(other, n_train=96, n_val=8)  # same labels and so the same folds; now change the held-out images only
+    oof = (tmp_path/'a'/'fold0'/'oof.csv').read_text().splitlines()[1:]
+    held = [int(line.split(',')[0]) for line in oof]
+    for r in held: (other/'train_img'/f"{r + 1:06d}.jpg").write_bytes((other/'train_img'/f"{(r + 1) % 96 + 1:06d}.jpg").read_bytes())
+    tf.fit(other, tmp_path/'b', fold=0, epochs=1, **FIT)
+    wa, wb = (load_file(tmp_path/r/'fold0'/'model.safetensors') for r in 'ab')
+    assert torch.equal(wa['0.weight'], wb['0.weight'])
+    fresh = airbench_64(whiten=True)
+    assert not torch.equal(wa['0.weight'], fresh[0].weight.detach())
+    assert not torch.equal(wa['0.bias'], torch.zeros_like(wa['0.bias']))  # the bias trains for the first steps
+
+
+class _Rates(Callback):
+    "Records the lr of every parameter group at every training step."
+    order = 61
+    def __init__(self): self.lrs = []
+    def before_batch(self):
+        if self.training: self.lrs.append([pg['lr'] for pg in self.opt.opt.param_groups] if hasattr(self.opt, 'opt') else [self.opt.hypers[-1]['lr']])
+
+
+def test_airbench_schedule_warms_up_then_falls_to_zero_with_biases_at_64x(data, tmp_path):
+    rates = _Rates()
+    s = tf.fit(data, tmp_path/'run', fold=0, epochs=3, cbs=[rates], **FIT)
+    lrs = np.array(rates.lrs)
+    steps = 3 * (48 // 16)
+    assert lrs.shape == (steps, 2) and s['folds'][0]['images_seen'] == steps * 16
+    assert np.allclose(lrs[:, 0], 64 * lrs[:, 1])
+    peak = int(np.argmax(lrs[:, 1]))
+    assert 0 < peak < steps - 1 and np.all(np.diff(lrs[:peak + 1, 1]) > 0) and np.all(np.diff(lrs[peak:, 1]) < 0)
+    assert lrs[-1, 1] == 0 and lrs[0, 1] == pytest.approx(AIRBENCH['lr_start'] * lrs[peak, 1], rel=0.2)
+
+
+def test_a_budget_fit_plans_its_steps_ends_its_schedule_and_stays_in_budget(data, tmp_path):
+    rates = _Rates()
+    s = tf.fit(data, tmp_path/'run', fold=0, budget=25, cbs=[rates], **{**FIT, 'method': 'adam', 'arch': 'airbench'})
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan = info['steps']
+    assert plan['budget'] == 25 and 1 <= plan['steps'] <= plan['epochs'] * plan['steps_per_epoch']
+    assert len(rates.lrs) == plan['steps']
+    assert info['fold_seconds'] <= 25 * 1.1  # its 5% margin, and as much again for a machine busy with other work
+    assert rates.lrs[-1][0] == pytest.approx(FitConfig(arch='airbench').lr / 1e5)  # one-cycle's end, at the last planned step
+    assert s['config']['budget'] == 25 and s['config']['epochs'] is None
+    assert info['epochs_run'] == pytest.approx(plan['steps'] / plan['steps_per_epoch'])
+
+
+def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
+    speed = dict(step_s=2.0, eval_img_s=0.01, aug_img_s=0.02, epoch_s=1.0)
+    p = plan_steps(600, 30, speed, 100, 1000, 4)
+    used = 30 + p['steps'] * 2.0 + 1000 * ((p['epochs'] + 1) * 0.01 + 4 * 0.02) + p['epochs'] * 1.0
+    assert used <= 600 * 0.95 and used == pytest.approx(p['planned_seconds'])
+    assert (p['epochs'] - 1) * 100 < p['steps'] <= p['epochs'] * 100 and p['epochs'] >= 2
+    assert eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0) == pytest.approx(30 + 80 + 2)
+    assert p['steps'] < plan_steps(1200, 30, speed, 100, 1000, 4)['steps']
+    with pytest.raises(TheraError, match='holds no training step'): plan_steps(100, 5, speed, 100, 1000, 4)
+
+
+def test_lookahead_and_the_plan_resume_to_the_same_weights(data, tmp_path):
+    tf.fit(data, tmp_path/'ref', fold=0, epochs=3, **FIT)
+
+    class _Stop(Callback):
+        order = 99
+        def after_epoch(self):
+            if self.epoch == 1: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, cbs=[_Stop()], **FIT)
+    s = tf.fit(data, tmp_path/'resumed', fold=0, epochs=3, **FIT)
+    assert s['folds'][0]['resumed_from_epoch'] == 2
+    assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
+
+
+def test_each_piece_of_the_method_is_a_switch(data, tmp_path):
+    s = tf.fit(data, tmp_path/'plain', fold=0, epochs=1, hyp=dict(whiten=False, lookahead=False, alt_flip=False), **FIT)
+    assert s['config']['hyp']['whiten'] is False and s['config']['hyp']['momentum'] == AIRBENCH['momentum']
+    w = load_file(tmp_path/'plain'/'fold0'/'model.safetensors')
+    assert '1.weight' in w and w['1.weight'].shape == (24,)  # the patch conv keeps its BatchNorm without whitening
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(method='airbench', arch='simple'), 'method the airbench method trains --arch airbench only'),
+    (dict(budget=60, epochs=3), 'budget sets the steps itself'),
+    (dict(budget=60, resize_from=32), 'resize_from needs --epochs'),
+    (dict(budget=0.5), 'budget must be a number of at least 1'),
+    (dict(method='airbench', hyp=dict(lookahed=False)), 'hyp unknown airbench settings lookahed'),
+    (dict(method='airbench', hyp=dict(lookahead=1)), 'hyp lookahead must be true or false'),
+    (dict(hyp=dict(lookahead=False)), 'hyp applies to --method airbench only'),
+    (dict(method='sgd'), 'method must be one of adam, airbench'),
+])
+def test_bad_method_settings_name_the_parameter(kwargs, message):
+    with pytest.raises(TheraError) as e: FitConfig(**kwargs)
+    assert str(e.value).startswith(message)
+    assert e.value.cli_message().startswith('--' + e.value.param.replace('_', '-'))
+
+
+def test_configs_written_before_the_method_existed_read_as_adam():
+    old = FitConfig().to_dict()
+    del old['method'], old['hyp'], old['budget']
+    cfg = FitConfig.from_dict(old)
+    assert cfg.method == 'adam' and cfg.to_dict() == FitConfig().to_dict()
+    assert FitConfig(method='airbench').lr == AIRBENCH['lr'] and FitConfig().wd == 0.01
+
+
+def test_durations_and_settings_parse_from_the_command_line():
+    assert parse_duration('10m') == 600 and parse_duration('90s') == 90 and parse_duration('1.5h') == 5400 and parse_duration('45') == 45
+    with pytest.raises(TheraError, match='budget is not a duration'): parse_duration('ten minutes')
+    assert parse_hyp('lookahead=false,bias_scaler=32,warmup=0.1') == dict(lookahead=False, bias_scaler=32, warmup=0.1)
+    with pytest.raises(TheraError, match='hyp .lookahead. is not k=v'): parse_hyp('lookahead')
+
+
+def _scores(rng, labels, strength):
+    return 1 / (1 + np.exp(-(strength * (2 * labels - 1) + rng.normal(0, 1, len(labels)))))
+
+
+def test_the_paired_interval_covers_a_known_difference_and_says_so():
+    rng = np.random.default_rng(0)
+    big = (rng.random(200_000) > 0.15).astype(int)
+    groups_big = np.arange(len(big)) % 2
+    weak, strong = _scores(rng, big, 1.0), _scores(rng, big, 1.3)
+    truth = cross_fitted_hter_of(strong, big, groups_big) - cross_fitted_hter_of(weak, big, groups_big)
+    assert truth < -0.02
+    covered, said_better = 0, 0
+    for seed in range(10):
+        rows = np.random.default_rng(seed).choice(len(big), 3000, replace=False)
+        d = paired_difference(weak[rows], strong[rows], big[rows], rows % 2, n_boot=150, seed=seed)
+        covered += d['lo'] <= truth <= d['hi']
+        said_better += verdict(d, 'weak', 'strong') == 'strong is better than weak'
+    assert covered >= 8 and said_better >= 5
+    rows = np.arange(3000)
+    same = paired_difference(weak[rows], weak[rows], big[rows], rows % 2, n_boot=100)
+    assert same['diff'] == same['lo'] == same['hi'] == 0 and verdict(same) == 'within the noise'
+
+
+def test_the_paired_point_estimate_is_the_reports_cross_fitted_hter():
+    import pandas as pd
+    rng = np.random.default_rng(1)
+    labels = (rng.random(2000) > 0.2).astype(int)
+    a, b = _scores(rng, labels, 1.0), _scores(rng, labels, 1.2)
+    oof = pd.DataFrame(dict(row=np.arange(2000), label=labels, fold=np.arange(2000) % 4))
+    d = paired_difference(a, b, labels, oof['fold'].to_numpy(), n_boot=10)
+    report = [cv_summary(oof.assign(prob_tta=p))['cross_fitted']['hter'] for p in (a, b)]
+    assert d['diff'] == pytest.approx(report[1] - report[0], abs=1e-12)
