@@ -67,7 +67,7 @@ def main():
     for name, over in parse_variants(a.candidates):
         run = out/name
         runs.append(run)
-        if a.only and name not in a.only.split(','): continue
+        if (a.only and name not in a.only.split(',')) or trained(run): continue
         tf.fit(a.data, run, fold=0, folds=5, budget=budget, sample=a.sample, threads=a.threads, log=lambda *_: None, **over)
         print(f"{name}: trained", flush=True)
     if not all(map(trained, runs)): print("not every candidate is trained yet: no table"); return

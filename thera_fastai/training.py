@@ -110,7 +110,7 @@ def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folde
     info = dict(run_id=rid, fold=fold, config=cfg.to_dict(), stats=[list(s) for s in stats], threshold=best_threshold(probs_tta, targs),
                 at_05=error_rates(probs_tta, targs), at_05_plain=error_rates(probs, targs), n_train=len(train_idx),
                 n_valid=len(valid_idx), fit_seconds=fit_s, images_seen=int(done_steps * cfg.bs), steps=plan,
-                epochs_run=plan['steps'] / plan['steps_per_epoch'], fold_seconds=time.time() - t0, resumed_from_epoch=start, runtime=runtime, versions=library_versions(), profile=model_profile(_unwrapped(learn.model)),
+                epochs_run=plan['steps'] / plan['steps_per_epoch'] if plan['steps_per_epoch'] else 0.0, fold_seconds=time.time() - t0, resumed_from_epoch=start, runtime=runtime, versions=library_versions(), profile=model_profile(_unwrapped(learn.model)),
                 files={n: file_hash(folder/n) for n in FOLD_FILES})
     write_json(folder/FOLD_FILE, info)
     for _, ckpt in checkpoints(folder): ckpt.unlink(missing_ok=True)
