@@ -4,17 +4,14 @@ import numpy as np
 import pandas as pd
 
 from .config import N_BOOT
-from .metrics import best_threshold
+from .report import cross_fit_groups, cross_fitted
 
 __all__ = ['cross_fitted_hter_of', 'paired_difference', 'paired_differences', 'verdict', 'N_BOOT']
 
 
 def cross_fitted_hter_of(probs, labels, groups):
     "HTER of deciding each group's rows at the threshold picked on the other groups' rows (the report's cross-fitting)."
-    decided = np.zeros(len(probs), dtype=bool)
-    for g in np.unique(groups):
-        mine = groups == g
-        decided[mine] = probs[mine] >= best_threshold(probs[~mine], labels[~mine])
+    decided = cross_fitted(probs, labels, groups)
     pos, neg = labels == 1, labels == 0
     return ((decided[neg]).mean() + (~decided[pos]).mean()) / 2
 
@@ -45,9 +42,7 @@ def verdict(d, a='a', b='b'):
 def paired_differences(joint, names, n_boot=N_BOOT, seed=0):
     """Every run against the first (the baseline) on the shared out-of-fold rows of `joint` (`agreement.shared_oof`):
     one row per run with the HTER difference, its 95% paired bootstrap interval and the verdict."""
-    labels = joint['label'].to_numpy()
-    folds = joint['fold'].to_numpy()
-    groups = folds if len(np.unique(folds)) > 1 else joint['row'].to_numpy() % 2  # one fold: halves by row parity, as the report does
+    labels, groups = joint['label'].to_numpy(), cross_fit_groups(joint)
     base, rows = names[0], []
     for n in names[1:]:
         d = paired_difference(joint[f'prob_{base}'].to_numpy(), joint[f'prob_{n}'].to_numpy(), labels, groups, n_boot, seed)

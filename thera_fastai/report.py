@@ -9,21 +9,29 @@ from .files import write_json, atomic_write
 from .metrics import best_threshold, error_rates
 from .runs import finished_folds, open_run, read_oof
 
-__all__ = ['cross_fitted_decisions', 'cross_fitted_hter', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
+__all__ = ['cross_fit_groups', 'cross_fitted', 'cross_fitted_decisions', 'cross_fitted_hter', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
 
 _COLS = ('hter', 'far', 'frr', 'balanced_acc', 'auc')
+
+
+def cross_fit_groups(oof):
+    "The groups cross-fitting decides apart: the folds, or with one fold its rows' parity (two halves)."
+    return oof['fold'].to_numpy() if oof['fold'].nunique() > 1 else oof['row'].to_numpy() % 2
+
+
+def cross_fitted(probs, labels, groups):
+    "Each row's 0/1 decision at the threshold picked on the other groups' rows only."
+    cross = np.zeros(len(probs), dtype=bool)
+    for g in np.unique(groups):
+        mine = groups == g
+        cross[mine] = probs[mine] >= best_threshold(probs[~mine], labels[~mine])
+    return cross
 
 
 def cross_fitted_decisions(oof, prob='prob_tta'):
     """Each out-of-fold row's 0/1 decision at the threshold picked on the other folds' rows only; with one fold, its
     rows are split in two halves by row parity, each decided at the other's threshold."""
-    p, t = oof[prob].to_numpy(), oof['label'].to_numpy()
-    groups = oof['fold'].to_numpy() if oof['fold'].nunique() > 1 else oof['row'].to_numpy() % 2
-    cross = np.zeros(len(oof), dtype=bool)
-    for g in np.unique(groups):
-        mine = groups == g
-        cross[mine] = p[mine] >= best_threshold(p[~mine], t[~mine])
-    return cross
+    return cross_fitted(oof[prob].to_numpy(), oof['label'].to_numpy(), cross_fit_groups(oof))
 
 
 def cross_fitted_hter(oof, keep=None, prob='prob_tta'):
