@@ -28,10 +28,10 @@ class SpeedProbe(Callback):
 
 
 def measure_speed(learn, steps=PROBE_STEPS):
-    """(seconds per training step, seconds per image of an evaluation forward pass, fixed seconds per epoch) of `learn`,
-    measured on a copy of its model and optimizer settings: the learner, its weights and every random state are left
-    as they were. The fixed cost of an epoch is a checkpoint's write into the fold folder and a validation's own
-    bookkeeping (metrics, loaders) beyond its forward passes."""
+    """What `learn` costs here, as a dict: seconds per training step (`step_s`), per image of an evaluation forward pass
+    (`eval_img_s`) and of a TTA pass with its augmentation (`aug_img_s`), and fixed seconds per epoch (`epoch_s`: a
+    checkpoint's write into the fold folder and a validation's own bookkeeping beyond its forward passes). Measured on
+    a copy of its model and optimizer settings: the learner, its weights and every random state are left as they were."""
     states = rng_states(learn.dls)
     probe_cb = SpeedProbe(steps)
     probe = Learner(learn.dls, copy.deepcopy(learn.model), loss_func=learn.loss_func, opt_func=learn.opt_func, splitter=learn.splitter,
