@@ -41,8 +41,11 @@ def test_audit_finds_most_injected_label_flips(flipped, tmp_path):
     assert a['n_flagged'] == len(issues) == sum(a['flagged_by_label'].values())
     assert list(issues['rank']) == list(range(1, len(issues) + 1)) and issues['quality'].is_monotonic_increasing
     csv = pd.read_csv(tmp_path/'audit'/'label_issues.csv')
-    assert list(csv.columns) == ['name', 'row', 'label', 'p_clean', 'quality', 'rank']
+    assert list(csv.columns) == ['name', 'row', 'label', 'p_clean', 'p_label', 'quality', 'rank']
     assert all(n == f"{r + 1:06d}.jpg" for n, r in zip(csv['name'], csv['row']))
+    oof = pd.concat([pd.read_csv(run/f'fold{k}'/'oof.csv') for k in (0, 1)]).set_index('row')
+    assert np.allclose(csv['p_clean'], oof.loc[csv['row'], 'prob_tta'], atol=1e-5)   # P(clean face), whatever the label
+    assert np.allclose(csv['p_label'], np.where(csv['label'] == 1, csv['p_clean'], 1 - csv['p_clean']), atol=1e-5)
     assert 0 < a['noise']['hter_floor'] < 0.2 and a['hter_unflagged'] <= a['hter_all']
     md = (tmp_path/'audit'/'audit.md').read_text()
     assert f"{a['noise']['hter_floor']:.4f}" in md and (tmp_path/'audit'/'suspects_label0.png').stat().st_size > 1000
@@ -88,6 +91,38 @@ def test_audit_refuses_what_is_not_a_finished_run(tmp_path, flipped):
     empty = tmp_path/'empty'; empty.mkdir()
     (empty/'config.json').write_bytes((run/'config.json').read_bytes())
     with pytest.raises(TheraError, match='holds no finished fold'): tf.audit(empty)
+
+
+def _at_chance(run, folder):
+    "A copy of `run` whose out-of-fold probabilities are replaced by noise (re-sealed): a model that has not learned."
+    import json, shutil
+    from thera_fastai.files import file_hash
+    shutil.copytree(run, folder)
+    rng = np.random.default_rng(0)
+    for fold in folder.glob('fold*'):
+        oof = pd.read_csv(fold/'oof.csv')
+        oof['prob'] = oof['prob_tta'] = rng.random(len(oof))
+        oof.to_csv(fold/'oof.csv', index=False)
+        info = json.loads((fold/'fold.json').read_text())
+        info['files']['oof.csv'] = file_hash(fold/'oof.csv')
+        (fold/'fold.json').write_text(json.dumps(info))
+    return folder
+
+
+def test_audit_refuses_a_run_that_has_not_learned(flipped, tmp_path):
+    noise = _at_chance(flipped[0], tmp_path/'noise')
+    with pytest.raises(TheraError, match=r'has not learned: out-of-fold AUC 0\.\d+, below 0\.6.*none is made'):
+        tf.audit(noise, tmp_path/'audit')
+    assert not (tmp_path/'audit').exists()
+
+
+def test_audit_page_shows_no_grid_for_a_label_with_nothing_flagged():
+    from thera_fastai.label_audit import audit_markdown
+    a = dict(run='r', n_rows=10, folds=[0], n_flagged=1, flagged_by_label={0: 1, 1: 0}, rows_by_label={0: 3, 1: 7},
+             noise=dict(p_true1_given0=0.1, p_true0_given1=0.0, p_given1_true0=0.1, p_given0_true1=0.0, hter_floor=0.05),
+             hter_all=0.1, hter_all_05=0.1, hter_unflagged=0.05, hter_unflagged_05=0.05)
+    md = audit_markdown(a)
+    assert 'suspects_label0.png' in md and 'suspects_label1.png' not in md and 'No label 1 is flagged.' in md
 
 
 @pytest.mark.slow

@@ -30,7 +30,8 @@ def _cli(monkeypatch, capsys, func, *args):
     "Runs a console script in this process, its arguments parsed as call_parse does; returns (exit code, stdout, stderr)."
     from fastcore.script import anno_parser
     code = 0
-    parsed = vars(anno_parser(func.__wrapped__).parse_args(list(map(str, args))))
+    pos = ['run'] if func is cli.report else None   # as its @call_parse(pos=...) declares
+    parsed = vars(anno_parser(func.__wrapped__, pos=pos).parse_args(list(map(str, args))))
     try: func.__wrapped__(**{k: v for k, v in parsed.items() if k in inspect.signature(func.__wrapped__).parameters})
     except SystemExit as e: code = e.code
     out, err = capsys.readouterr()
@@ -68,6 +69,20 @@ def test_fit_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, tiny_
     code, _, err = _cli(monkeypatch, capsys, cli.fit, *[x for kv in full.items() for x in kv], '--quiet')
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path/'run').exists()
+
+
+@pytest.mark.parametrize('args, needle', [
+    (['--arch', 'resnet18', '--weights', 'MISSING.pth'], 'MISSING.pth: the weights file does not exist'),
+    (['--arch', 'resnet18', '--weights', 'FILE'], 'FILE: cannot read weights'),
+    (['--arch', 'resnet18', '--pretrained'], "--pretrained timm could not get pretrained resnet18 weights: they are not in this machine's cache"),
+])
+def test_a_start_the_fit_cannot_make_is_refused_before_decoding(args, needle, tiny_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv('HF_HUB_CACHE', str(tmp_path/'hub')); monkeypatch.setenv('TORCH_HOME', str(tmp_path/'torch'))
+    (tmp_path/'FILE').write_text('not weights')
+    args = [str(a).replace('FILE', str(tmp_path/'FILE')) for a in args]
+    code, _, err = _cli(monkeypatch, capsys, cli.fit, '--data', tiny_folder, '--out', tmp_path/'run', *args, '--quiet')
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path/'run').exists() and not (tmp_path/'cache').exists()
 
 
 def test_predict_report_explore_bad_input(tiny_folder, tmp_path, monkeypatch, capsys):

@@ -1,6 +1,7 @@
 """thera-compare: runs side by side as Markdown, CSV and a plot."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -145,3 +146,57 @@ def test_compare_one_fold_of_every_run_scores_the_same_rows(two_runs, tmp_path):
     assert list(other['folds']) == ['1/2', '0/2'] and np.isnan(other['hter_cross'].iloc[1])
     assert '## Errors in common' not in (tmp_path/'f1'/'compare.md').read_text()
     with pytest.raises(TheraError, match='no run has a finished fold 3'): tf.compare(runs, tmp_path/'f3', fold=3)
+
+
+def test_compare_warns_of_a_run_that_has_not_learned_and_leaves_it_out_of_the_errors(two_runs, tmp_path):
+    rng = np.random.default_rng(0)
+    noise = _altered_copy(two_runs/'simple', tmp_path/'noise', lambda o: o.assign(prob=rng.random(len(o)), prob_tta=rng.random(len(o))))
+    tf.compare([two_runs/'simple', two_runs/'air-ema', noise], tmp_path/'cmp', n=0, n_boot=20)
+    md = (tmp_path/'cmp'/'compare.md').read_text()
+    assert f"**Warning: {noise} has not learned" in md and md.count('has not learned') == 1
+    agreement = md.split('## Errors in common')[1]
+    assert 'by all 2 runs' in agreement and '| noise |' not in agreement
+    assert list(pd.read_csv(tmp_path/'cmp'/'paired.csv')['run']) == ['air-ema']
+
+
+NO_TORCH = """
+import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'torchvision', 'fastai', 'timm'): raise ImportError(f"{name} is unimportable here")
+sys.meta_path.insert(0, NoTorch())
+import runpy
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name='__main__')   # the console script, as installed
+"""
+
+
+def test_compare_and_report_run_with_torch_unimportable(two_runs, tmp_path):
+    import subprocess, sys
+    env = {**__import__('os').environ, 'THERA_CACHE': str(tmp_path/'cache')}
+    for args in (['compare', two_runs/'simple', two_runs/'air-ema', '--out', tmp_path/'cmp', '--boot', 50],
+                 ['report', two_runs/'simple']):
+        exe = Path(sys.executable).parent/f"thera-{args[0]}"
+        res = subprocess.run([sys.executable, '-c', NO_TORCH, str(exe), *map(str, args[1:])], capture_output=True, text=True, env=env, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path/'cmp'/'compare.md').exists() and '## Differences beyond noise' in (tmp_path/'cmp'/'compare.md').read_text()
+    assert (two_runs/'simple'/'report.md').exists()
+
+
+def test_each_variant_lands_in_its_own_folder_and_compare_takes_them_all(tmp_path, monkeypatch):
+    from thera_fastai.api import default_out, make_config
+    assert default_out(make_config()) == Path('runs/airbench') and default_out(make_config(arch='simple')) == Path('runs/simple')
+    assert default_out(make_config(lr=1e-3, epochs=5)) == Path('runs/airbench-epochs5-lr0.001')
+    assert default_out(make_config(method='airbench', budget=600)) == Path('runs/airbench-methodairbench-budget10m')
+    long = default_out(make_config(exclude=str(tmp_path/'a'/'very'/'long'/'path'/'label_issues.csv'), ema=0.999))
+    assert long.name.startswith('airbench-') and len(long.name) == len('airbench-') + 8
+    write_dataset(tmp_path/'data', n_train=64, n_val=4)
+    monkeypatch.chdir(tmp_path)
+    said = []
+    for lr in (3e-3, 1e-3):
+        tf.fit(tmp_path/'data', fold=0, **{**FIT, 'log': said.append, 'lr': lr})
+    folders = sorted(p.name for p in (tmp_path/'runs').iterdir())
+    assert folders == ['simple-folds2-epochs2-bs16-lr0.001-tta0', 'simple-folds2-epochs2-bs16-tta0'], folders   # 3e-3 is the recipe's
+    assert sum(l.startswith('run folder: runs/simple-') for l in said) == 2
+    frame = tf.compare(sorted((tmp_path/'runs').iterdir()), n=0, n_boot=20)
+    assert len(frame) == 2 and (tmp_path/'runs'/'compare'/'compare.md').exists()

@@ -55,7 +55,7 @@ def test_rebuilt_fold_predicts_what_it_predicted_in_training(reference, data):
     assert np.abs(predict_probs(learn, images_dl(learn.dls, images)) - oof['prob'].to_numpy()).max() < 1e-6
     assert np.abs(predict_probs(learn, images_dl(learn.dls, images), 2, seed=42) - oof['prob_tta'].to_numpy()).max() < 1e-6
     _, _, probs = learn.predict(str(data/'val_img'/'000001.jpg'), rm_type_tfms=0)   # fastai's own API on a JPEG path
-    assert probs.shape == (1,) and 0 <= float(probs[0]) <= 1
+    assert probs.shape == (2,) and 0 <= float(probs[1]) <= 1
 
 
 def test_rebuilt_fold_with_data_has_the_folds_rows(reference, data):
@@ -132,9 +132,55 @@ def test_predict_refuses_missing_folds_unless_partial(reference, data):
     b = tf.predict(reference, data, partial=True)
     assert list(a.columns) == ['image', 'prob_fold0', 'vote_fold0', 'mean_prob', 'label'] and len(a) == 16
     assert a.equals(b)   # TTA is seeded: the same call gives the same labels
+    first = tf.predict(reference, data, partial=True, first=3)
+    assert first.equals(a.head(3))
 
 
 def test_library_errors_name_parameters(data, tmp_path):
     with pytest.raises(TheraError, match="^epoch is not a fit parameter"): tf.fit(data, tmp_path/'r', epoch=3)
     with pytest.raises(TheraError, match="^fold 2 is out of range for 2 folds"): tf.fit(data, tmp_path/'r', fold=2, **FIT)
     assert not (tmp_path/'r').exists()
+
+
+def _mutate(path, change):
+    if change == 'truncate': path.write_text(path.read_text()[:len(path.read_text()) // 2]); return
+    obj = json.loads(path.read_text())
+    change(obj)
+    path.write_text(json.dumps(obj))
+
+
+FOLD_MUTATIONS = {f"fold.json: {name}": change for name, change in {
+    **{f"without {k}": (lambda o, k=k: o.pop(k)) for k in ('run_id', 'config', 'stats', 'threshold', 'files', 'at_05', 'fit_seconds')},
+    'threshold a string': lambda o: o.update(threshold='0.5'), 'threshold above 1': lambda o: o.update(threshold=2.0),
+    'stats of one channel': lambda o: o.update(stats=[[0.5], [0.2]]), 'stats a dict': lambda o: o.update(stats={}),
+    'config a list': lambda o: o.update(config=[]), 'run_id a number': lambda o: o.update(run_id=7),
+    'files a list': lambda o: o.update(files=[]), 'truncated': 'truncate'}.items()}
+RUN_MUTATIONS = {f"config.json: {name}": change for name, change in {
+    'without config': lambda o: o.pop('config'), 'without run_id': lambda o: o.pop('run_id'),
+    'config a list': lambda o: o.update(config=[1]), 'config without folds': lambda o: o['config'].pop('folds'),
+    'config with a string for folds': lambda o: o['config'].update(folds='2'), 'truncated': 'truncate'}.items()}
+
+
+@pytest.mark.parametrize('case', [*FOLD_MUTATIONS, *RUN_MUTATIONS])
+def test_a_damaged_run_file_is_one_error_naming_it_before_any_prediction(case, reference, data, tmp_path, monkeypatch):
+    import shutil
+    import thera_fastai.ensemble as ensemble
+    run = tmp_path/'run'; shutil.copytree(reference, run)
+    file = run/'fold0'/'fold.json' if case.startswith('fold.json') else run/'config.json'
+    _mutate(file, {**FOLD_MUTATIONS, **RUN_MUTATIONS}[case])
+    calls = []
+    monkeypatch.setattr(ensemble, 'predict_folds', lambda *a, **k: calls.append(1))
+    with pytest.raises(TheraError) as e: tf.predict(run, data, partial=True)
+    assert file.name in str(e.value) and '\n' not in str(e.value) and not calls, str(e.value)
+
+
+def test_a_fold_taken_a_moment_ago_still_names_its_holder(tmp_path):
+    "The race of two jobs started together: the lock is taken, its holder file not yet written."
+    import threading
+    from filelock import FileLock
+    folder = tmp_path/'run'/'fold0'; folder.mkdir(parents=True)
+    lock = FileLock(folder/'.lock'); lock.acquire()
+    threading.Timer(0.3, lambda: (folder/'.holder').write_text('hostA pid 42\n')).start()
+    with pytest.raises(TheraError, match='fold 0 is being trained by hostA pid 42'):
+        with fold_lock(tmp_path/'run', 0): pass
+    lock.release()

@@ -126,3 +126,19 @@ def test_images_come_in_natural_file_name_order(names):
     shuffled = list(np.random.default_rng(0).permutation(names)) + ['.hidden.jpg', 'notes.txt']
     ordered = _image_names(shuffled)
     assert ordered == sorted(names, key=_natural_key) and ordered.index('002.jpg' if '002.jpg' in names else names[1]) == 1
+
+
+def test_a_zip_with_the_layout_in_two_folders_is_refused_naming_both(tiny_folder, tmp_path):
+    zip_path = zip_folder(tiny_folder, tmp_path/'two.zip', root='copy_b')
+    with zipfile.ZipFile(zip_path, 'a') as zf:
+        for p in sorted(tiny_folder.rglob('*')):
+            if p.is_file() and p.name != 'val_truth.txt': zf.write(p, f"ml_exercise_therapanacea/{p.relative_to(tiny_folder).as_posix()}")
+    with pytest.raises(TheraError, match=r'two.zip: holds the exercise layout in 2 folders \(copy_b/, ml_exercise_therapanacea/\)'):
+        open_dataset(zip_path)
+    with pytest.raises(TheraError, match=r'holds val_img/ in 2 folders'): open_images(zip_path)
+
+
+def test_a_row_list_that_is_not_text_is_one_error(tmp_path):
+    from thera_fastai.runs import read_row_list
+    (tmp_path/'rows.txt').write_bytes(b'\xff\xfe\x00\x81 binary')
+    with pytest.raises(TheraError, match=r'rows.txt: the row list is not UTF-8 text'): read_row_list(tmp_path/'rows.txt', ['000001.jpg'])

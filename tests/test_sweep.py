@@ -57,3 +57,15 @@ def test_two_workers_share_a_study_prune_a_bad_trial_and_the_best_predicts(tmp_p
     res = run_cli('thera-predict', '--models', study.best_trial.user_attrs['run'], '--data', tmp_path/'data',
                   '--out', tmp_path/'label_val.txt', env={'THERA_CACHE': str(tmp_path/'cache')})
     assert res.returncode == 0 and len((tmp_path/'label_val.txt').read_text().splitlines()) == 12, res.stderr
+
+
+def test_the_default_space_fits_data_smaller_than_its_sample_and_bad_fixed_values_stop_before_a_trial(tmp_path):
+    from thera_fastai.sweep import fit_space, sweep
+    said = []
+    space = fit_space(DEFAULT_SPACE, 1000, said.append)
+    assert space['sample'] is None and DEFAULT_SPACE['sample'] == 20000 and '1,000 labelled images' in said[0]
+    assert fit_space(DEFAULT_SPACE, 50000, said.append)['sample'] == 20000 and len(said) == 1
+    write_dataset(tmp_path/'data', n_train=40, n_val=4)
+    with pytest.raises(TheraError, match='--folds|folds must be'):
+        sweep(tmp_path/'data', tmp_path/'sweep', trials=1, space={'folds': 1, 'lr': {'low': 1e-3, 'high': 1e-2}}, log=said.append)
+    assert not (tmp_path/'sweep').exists()

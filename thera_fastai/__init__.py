@@ -6,15 +6,21 @@
     learn = tf.load_fold_learner('runs/simple/fold0', data='ml_exercise_therapanacea.zip')  # lr_find, tta, interpretation
 
 Names are imported on first use, so `import thera_fastai` stays fast."""
-import sys, types
+import sys, types, warnings
 
-__version__ = '0.8.0'
+# fastai's layers call torch.jit.script at import, which torch 2.14 deprecates: a notice about fastai, not the user's code.
+warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
+
+__version__ = '0.9.0'
 
 _EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'compare': 'api', 'audit': 'api',
             'load_fold_learner': 'learner', 'grad_cam': 'saliency', 'plot_saliency': 'saliency', 'create_model': 'models',
             'model_profile': 'models',
             'FitConfig': 'config', 'Runtime': 'config', 'RECIPES': 'config', 'TheraError': 'errors', 'error_rates': 'metrics',
-            'hter': 'metrics', 'open_dataset': 'source', 'cached_images': 'cache', 'fold_rows': 'runs'}
+            'hter': 'metrics', 'open_dataset': 'source', 'cached_images': 'cache', 'fold_rows': 'runs', 'read_oof': 'runs',
+            'dataset_table': 'explore', 'sample_grid': 'explore', 'label_conflicts': 'explore',
+            'fold_splits': 'data', 'sample_rows': 'data', 'fold_dataloaders': 'data', 'thera_learner': 'learner',
+            'top_losses': 'plots', 'plot_top_losses': 'plots', 'oof_saliency': 'saliency'}
 __all__ = list(_EXPORTS)
 
 

@@ -1,11 +1,10 @@
 """The library API that the commands and notebooks share: fit, predict, report, explore."""
+import re
 from dataclasses import fields
 from pathlib import Path
 
-from .config import FitConfig, Runtime
+from .config import N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import TheraError
-from .inference import TTA_SEED
-from .config import N_BOOT
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'compare', 'audit', 'make_config', 'default_out']
 
@@ -18,13 +17,30 @@ def make_config(**config):
     return FitConfig(**config)
 
 
-def default_out(arch):
-    "Where a run of `arch` goes when no folder is given: runs/<arch>."
-    return Path('runs')/arch
+def default_out(cfg: FitConfig, root='runs', longest=48):
+    """Where a run of `cfg` goes when no folder is given: runs/<arch> for the arch's recipe as it is, and for a variant
+    runs/<arch>-<what differs from the recipe> (runs/airbench-epochs5-lr0.001), or runs/<arch>-<config hash> when that
+    name would be longer than `longest`. Each idea gets its own folder, and `thera-compare runs/*` compares them all."""
+    from .files import short_hash
+    base = FitConfig(arch=cfg.arch, method=cfg.method).to_dict()  # the method's own lr, wd and bs are its recipe
+    diff = {k: v for k, v in cfg.to_dict().items() if base.get(k) != v and k != 'hyp' and v is not None}  # (a budget's epochs: None)
+    diff.update({k: v for k, v in (cfg.hyp or {}).items() if (base['hyp'] or {}).get(k) != v})
+    if not diff and cfg.method == 'adam': return Path(root)/cfg.arch
+    if cfg.budget: diff['budget'] = f"{cfg.budget / 60:g}m"
+    words = ([f"method{cfg.method}"] if cfg.method != 'adam' else []) + [f"{k}{_word(v)}" for k, v in diff.items()]
+    name = re.sub(r'[^A-Za-z0-9.+-]+', '', '-'.join([cfg.arch, *words]))
+    return Path(root)/(name if len(name) <= longest else f"{cfg.arch}-{short_hash(cfg.to_dict())[:8]}")
+
+
+def _word(v):
+    if isinstance(v, bool): return str(v).lower()
+    if isinstance(v, float): return f"{v:g}"
+    if isinstance(v, (list, tuple)): return 'x'.join(map(_word, v))
+    return str(v).replace('_', '')
 
 
 def fit(data,  # The exercise zip or its extracted folder
-        out=None,  # Run folder (default: runs/<arch>)
+        out=None,  # Run folder (default: `default_out`: runs/<arch>, or runs/<arch>-<what differs from its recipe>)
         fold:int=None,  # Train only this fold (0-based; default: every unfinished fold)
         cache=None,  # Folder of the decoded image cache (default: $THERA_CACHE or ~/.cache/thera_fastai)
         device:str='auto',  # auto (a GPU where one is visible), cpu or cuda
@@ -39,7 +55,10 @@ def fit(data,  # The exercise zip or its extracted folder
     from .cv import cross_validate
     cfg = make_config(**config)
     runtime = Runtime(device=device, precision=precision, threads=threads)
-    return cross_validate(data, out or default_out(cfg.arch), cfg, runtime, only_fold=fold, cache=cache, bars=bars, log=log, cbs=cbs)
+    if out is None:
+        out = default_out(cfg)
+        log(f"run folder: {out} (named after what differs from the {cfg.arch} recipe; --out to choose another)")
+    return cross_validate(data, out, cfg, runtime, only_fold=fold, cache=cache, bars=bars, log=log, cbs=cbs)
 
 
 def predict(models,  # A thera-fit run folder
@@ -50,6 +69,7 @@ def predict(models,  # A thera-fit run folder
             cache=None,  # Folder of the decoded image cache
             seed:int=TTA_SEED,  # Seed of the TTA augmentation: the same seed gives the same labels
             bars:bool=False,  # Progress bars
+            first:int=None,  # Only the first N images in file-name order (a quick look; None: all)
            ):  # One row per image: image, prob_fold<k>, vote_fold<k>, mean_prob, label (file-name order)
     "Each fold model predicts with TTA at its own threshold and the folds vote."
     from .cache import cached_images
@@ -57,13 +77,15 @@ def predict(models,  # A thera-fit run folder
     from .progress import labelled_bar
     from .source import open_images
     if tta is not None and (not isinstance(tta, int) or tta < 0): raise TheraError(f"must be 0 or more (got {tta!r})", param='tta')
+    if first is not None and (not isinstance(first, int) or first < 1): raise TheraError(f"must be at least 1 (got {first!r})", param='first')
     Runtime(device=device)
     fold_models, run = load_fold_models(models, device, partial)
     source = open_images(data)
     images = cached_images(source, cache, progress=labelled_bar('decode') if bars else None)
     tta = run['config']['tta'] if tta is None else tta
-    probs, votes = predict_folds(fold_models, images, tta, labelled_bar('models') if bars else None, seed)
-    frame = votes_frame(source.names, fold_models, probs, votes)
+    names = source.names[:first] if first else source.names
+    probs, votes = predict_folds(fold_models, images[:len(names)], tta, labelled_bar('models') if bars else None, seed)
+    frame = votes_frame(names, fold_models, probs, votes)
     frame.attrs.update(tta=tta, n_models=len(fold_models), source=source.display())
     return frame
 
@@ -85,8 +107,13 @@ def explore(data,  # The exercise zip or its extracted folder
     return explore_dataset(data, out, n, cache, seed)
 
 
+def compare_folder(runs):
+    "Where a comparison of `runs` is written by default: `compare/` beside the first run (runs/compare for runs/*)."
+    return Path(runs[0]).resolve().parent/'compare'
+
+
 def compare(runs,  # Run folders of thera-fit
-            out='.',  # Folder for compare.md, compare.csv and compare.png (and shared_errors.csv and its grids)
+            out=None,  # Folder for compare.md, compare.csv, compare.png, paired.csv, shared_errors.csv (default: compare/ beside the first run)
             target:float=None,  # Also the minutes each run's first fold took to first reach this HTER
             data=None,  # The dataset for image names and grids (default: the first run's own)
             n:int=32,  # Rows per label in the grids of errors every run makes (0: none)
@@ -97,7 +124,8 @@ def compare(runs,  # Run folders of thera-fit
     """Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and
     plot. With two runs or more, also where their errors overlap, their blend, and the rows every run gets wrong."""
     from .comparison import write_comparison
-    return write_comparison(runs, out, target, data, n, cache, fold, n_boot)
+    if not runs: raise TheraError("needs at least one run folder")
+    return write_comparison(runs, out or compare_folder(runs), target, data, n, cache, fold, n_boot)
 
 
 def audit(run,  # A thera-fit run folder

@@ -7,13 +7,13 @@ import numpy as np
 import simplejpeg
 from filelock import FileLock
 
+from .config import IMAGE_SHAPE
 from .errors import TheraError
 from .files import atomic_write, clean_stale_temps, make_folder, require_free_space, short_hash
 
 __all__ = ['IMAGE_SIZE', 'IMAGE_SHAPE', 'default_cache_dir', 'decode_jpeg', 'cached_images', 'source_key']
 
-IMAGE_SIZE = 64
-IMAGE_SHAPE = (IMAGE_SIZE, IMAGE_SIZE, 3)
+IMAGE_SIZE = IMAGE_SHAPE[0]
 CACHE_VERSION = 1
 
 

@@ -11,8 +11,8 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
 from .distributed import is_main, world_size
-from .errors import TheraError
 from .files import atomic_write
+from .runs import read_history
 
 __all__ = ['BF16Autocast', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
            'rng_states', 'set_rng_states']
@@ -152,8 +152,4 @@ class HistoryCSV(Callback):
         atomic_write(self.path, lambda tmp: frame.to_csv(tmp, index=False))
 
 
-def read_history(path):
-    "A fold's history.csv: one row per epoch with its losses and metrics."
-    try: return pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise TheraError(f"history is not a readable CSV ({e})", path) from None
+

@@ -6,12 +6,12 @@ import logging, os, sys, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+from typing import Annotated
+
 from fastcore.script import call_parse, store_true
 
-from .config import FitConfig, Runtime
+from .config import N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import EXIT_BAD_INPUT, TheraError
-from .inference import TTA_SEED
-from .config import N_BOOT
 from .progress import plural, show_bars
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'sweep', 'export', 'demo', 'compare', 'audit']
@@ -35,6 +35,9 @@ def _friendly(prog):
 
 def _quiet_third_party():
     for mod in _NOISY: warnings.filterwarnings('ignore', module=mod)
+    if not logging.getLogger('thera_fastai').handlers:  # the package's own notices (a compilation starting) on stderr
+        handler = logging.StreamHandler(sys.stderr); handler.setFormatter(logging.Formatter('%(message)s'))
+        logging.getLogger('thera_fastai').addHandler(handler); logging.getLogger('thera_fastai').setLevel(logging.INFO)
     logging.getLogger('torch.utils.cpp_extension').setLevel(logging.ERROR)  # "No CUDA runtime is found" on CPU machines
 
 
@@ -81,6 +84,14 @@ def _number(v, k):
 _D = FitConfig  # defaults below are FitConfig's and Runtime's own
 
 
+def _version_text():
+    from . import __version__
+    return f"%(prog)s {__version__}"
+
+
+_VERSION = Annotated[str, "Print the package version and exit", {'action': 'version', 'version': _version_text()}]
+
+
 @call_parse
 def fit(
     data:str = None, # The exercise zip or its extracted folder
@@ -90,7 +101,7 @@ def fit(
     hyp:str = None, # airbench method settings to change, as k=v,k=v (e.g. lookahead=false,bias_scaler=32; see config.AIRBENCH)
     folds:int = _D.folds, # Number of stratified folds
     epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 3 for airbench, 13 for simple)
-    out:str = None, # Run folder (default: runs/<arch>)
+    out:str = None, # Run folder (default: runs/<arch>, or runs/<arch>-<what differs from its recipe> for a variant)
     fold:int = None, # Train only this fold (0-based)
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
     seed:int = _D.seed, # Seed for folds, sampling, initialization and TTA
@@ -118,6 +129,7 @@ def fit(
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars (they are off anyway when the output is not a terminal)
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Stratified K-fold training of one recipe; writes fold weights, out-of-fold predictions and a CV report."
     with _friendly('thera-fit'):
@@ -128,17 +140,21 @@ def fit(
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight)
+        from .api import default_out, make_config
+        from .distributed import is_main
+        out = Path(out) if out else None
         summary = fit_run(data, out, fold=fold, cache=cache, device=device, precision=precision, threads=threads,
                           bars=show_bars(quiet), log=lambda line: print(line, flush=True), **config)
-        _print_summary(summary, out or Path('runs')/arch)
+        if is_main(): _print_summary(summary, out or default_out(make_config(**config)))
 
 
 def _print_summary(summary, out):
-    from .distributed import is_main
-    if 'pooled' not in summary or not is_main(): return
+    if 'pooled' not in summary: return
+    from .metrics import chance_warning
     p, n = summary['pooled'], len(summary['folds'])
     print(f"pooled out-of-fold HTER over {plural(n, 'fold')}: {p['at_05']['hter']:.4f} at 0.5, {p['cross_fitted']['hter']:.4f} "
           f"at a cross-fitted threshold; best threshold {p['best_threshold']:.4f}; report: {Path(out)/'report.md'}")
+    if warning := chance_warning(p['at_05']['auc'], f"{out}"): print(f"warning: {warning}")
 
 
 @call_parse
@@ -151,13 +167,16 @@ def predict(
     partial:store_true = False, # Vote over the finished folds when some are missing
     seed:int = TTA_SEED, # Seed of the TTA augmentation (the same seed writes the same labels)
     device:str = Runtime.device, # auto, cpu or cuda
+    threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
     cache:str = None, # Folder for the decoded image cache
     quiet:store_true = False, # No progress bars
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Each fold model predicts with TTA at its own threshold; the folds vote; writes one 0/1 line per image."
     with _friendly('thera-predict'):
         _require(models=models, data=data)
         _quiet_third_party()
+        Runtime(threads=threads).apply()
         from .api import predict as predict_run
         from .ensemble import write_labels, write_votes
         t0 = time.time()
@@ -173,12 +192,16 @@ def predict(
               f"Wrote {out} and {votes}")
 
 
-@call_parse
+@call_parse(pos=['run'])
 def report(
-    run:str, # A thera-fit run folder
+    run:str = None, # A thera-fit run folder (or --models RUN, as the other commands take it)
+    models:str = None, # The same run folder, as a flag
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Gathers the finished folds of a run (trained by one process or many) into report.json, report.md and its PNGs."
     with _friendly('thera-report'):
+        run = run or models
+        _require(models=run)
         _quiet_third_party()
         from .api import report as report_run
         summary = report_run(run)
@@ -194,6 +217,7 @@ def explore(
     n:int = 8, # Images per class in the grid
     cache:str = None, # Folder for the decoded image cache
     seed:int = 0, # Seed for the sample shown
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Counts, class balance, image sizes and pixel statistics, and a PNG grid of samples per class."
     with _friendly('thera-explore'):
@@ -217,6 +241,7 @@ def sweep(
     precision:str = Runtime.precision, # bf16, fp32 or auto
     threads:int = Runtime.threads, # Torch and decode threads
     cache:str = None, # Folder for the decoded image cache
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Optuna sweep over thera-fit recipes; every trial is a run folder, scored by pooled out-of-fold HTER (cross-fitted)."
     with _friendly('thera-sweep'):
@@ -235,6 +260,7 @@ def export(
     models:str = None, # A thera-fit run folder
     out:str = 'export', # Folder for fold<k>.onnx, ensemble.json and predict.py
     partial:store_true = False, # Export the finished folds when some are missing
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Each fold to ONNX (uint8 images in, probability out) with its threshold and the vote rule, and a predictor without torch."
     with _friendly('thera-export'):
@@ -255,11 +281,14 @@ def demo(
     host:str = '127.0.0.1', # Address to bind (127.0.0.1: this machine only)
     port:int = 7860, # Port of the page
     device:str = Runtime.device, # auto, cpu or cuda
+    threads:int = Runtime.threads, # Torch threads (default: all cores)
+    version:_VERSION = None, # Print the package version and exit
 ):
     "A local page to upload or pick a face and see each fold's probability and vote, and the ensemble's label."
     with _friendly('thera-demo'):
         _require(models=models)
         _quiet_third_party()
+        Runtime(threads=threads).apply()
         os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
         try: import gradio  # noqa: F401
         except ImportError: raise TheraError("needs Gradio: pip install 'thera_fastai[demo]'") from None
@@ -271,13 +300,14 @@ def demo(
 @call_parse
 def compare(
     *runs:str, # Run folders of thera-fit
-    out:str = '.', # Folder for compare.md, compare.csv and compare.png (and shared_errors.csv and its grids)
+    out:str = None, # Folder for compare.md, compare.csv, compare.png, paired.csv, shared_errors.csv (default: compare/ beside the first run)
     target:float = None, # Also report the minutes each run's first fold took to first reach this HTER (e.g. 0.08)
     data:str = None, # The dataset for image names and grids (default: the first run's own)
     n:int = 32, # Rows per label in the grids of errors every run makes (0: none)
     cache:str = None, # Folder for the decoded image cache
     fold:int = None, # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
     boot:int = N_BOOT, # Resamples of the paired bootstrap interval of each run's HTER difference from the first run's (0: none)
+    version:_VERSION = None, # Print the package version and exit
 ):
     """Runs side by side: arch, stem, recipe, cost, minutes and pooled out-of-fold HTER; a Markdown table, a CSV and a
     plot. With two runs or more: how many errors they share, their blend, the rows every run gets wrong, and whether
@@ -285,7 +315,8 @@ def compare(
     with _friendly('thera-compare'):
         if not runs: raise TheraError("needs at least one run folder")
         _quiet_third_party()
-        from .api import compare as compare_runs
+        from .api import compare as compare_runs, compare_folder
+        out = out or compare_folder(runs)
         compare_runs(runs, out, target, data, n, cache, fold, boot)
         text = (Path(out)/'compare.md').read_text()
         print(text)
@@ -300,12 +331,15 @@ def audit(
     n:int = 16, # Suspects per given label in the grids (0: no grids)
     cache:str = None, # Folder for the decoded image cache
     device:str = Runtime.device, # auto, cpu or cuda (for the saliency maps)
+    threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
+    version:_VERSION = None, # Print the package version and exit
 ):
     "Label audit of a run with cleanlab: flagged labels, noise rates, the HTER floor they imply, suspect grids with Grad-CAM."
     with _friendly('thera-audit'):
         _require(models=models)
         if n < 0: raise TheraError(f"must be at least 0 (got {n})", param='n')
         _quiet_third_party()
+        Runtime(threads=threads).apply()
         from .api import audit as audit_run
         a, _ = audit_run(models, out, data=data, n=n, cache=cache, device=device)
         where = Path(out or Path(models)/'audit')

@@ -1,19 +1,18 @@
 """Runs side by side: one table (Markdown and CSV) of what each run is, what it cost and how it scores, and a
 plot of HTER against training minutes."""
-from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .agreement import agreement_markdown, error_agreement, shared_error_grids, write_shared_errors
-from .callbacks import read_history
 from .config import FitConfig
 from .errors import TheraError
 from .files import atomic_write, make_folder
+from .metrics import chance_warning
 from .paired import N_BOOT, paired_differences
 from .report import run_summary
-from .runs import fold_dir, open_run, run_data
+from .runs import fold_dir, open_run, read_history, run_data
 
 __all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
 
@@ -115,7 +114,8 @@ def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fo
     """Writes compare.md, compare.csv and compare.png under `out`; with two runs or more that have finished folds, also
     their errors in common (a section of compare.md, shared_errors.csv, and with images, grids of `n` rows per label
     every run gets wrong). `data`: the dataset for names and images (default: the first run's own). `fold`: compare
-    that fold of every run alone, so that runs with different numbers of finished folds score the same rows.
+    that fold of every run alone, so that runs with different numbers of finished folds score the same rows. Runs
+    below `config.CHANCE_AUC` are named in a warning and left out of the errors in common and the paired differences.
     `n_boot`: resamples of the paired interval of each run's HTER difference from the first run's (paired.csv; 0: none).
     Returns the table."""
     from .cache import cached_images
@@ -126,6 +126,11 @@ def write_comparison(runs, out='.', target=None, data=None, n=32, cache=None, fo
     out = make_folder(out, 'output')
     text = comparison_markdown(frame)
     finished = [i for i, (_, oof) in enumerate(summaries) if oof is not None]  # the agreement reads out-of-fold rows
+    chance = {i: w for i in finished if (w := chance_warning(summaries[i][0]['pooled']['at_05']['auc'], str(runs[i])))}
+    text += ''.join(f"\n**Warning: {w}.**\n" for w in chance.values())
+    if chance and len(finished) > 1:
+        text += "\nRuns that have not learned are left out of the errors in common and the paired differences: their errors are noise.\n"
+    finished = [i for i in finished if i not in chance]
     if len(finished) > 1:
         agreement = error_agreement([runs[i] for i in finished], [summaries[i] for i in finished])
         text += '\n' + agreement_markdown(agreement)

@@ -1,14 +1,10 @@
 """What a fit computes (`FitConfig`, the run's identity) and how it runs (`Runtime`); every default is declared here."""
-import os, platform
+import difflib, os, platform
 from dataclasses import asdict, dataclass, fields
 
-import torch
-
-from .cache import IMAGE_SHAPE
 from .errors import TheraError
-from .models import ARCHS, arch_stems, check_arch
 
-__all__ = ['FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
 
 # The default arch and its epochs come from the time-budget study (docs/results.md): airbench with its own label
 # smoothing 0.2 beat the simple CNN and the timm families at 30 minutes of one core per candidate on the full
@@ -31,11 +27,33 @@ AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23
 AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # lr and wd are FitConfig's own fields
 METHODS = ('adam', 'airbench')
 METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}
+IMAGE_SHAPE = (64, 64, 3)  # (height, width, channels) of every image of the exercise
+ARCH_NAMES = ('simple', 'resnet18', 'airbench')  # the package's own nets; any timm name is an arch too
+RESNET_STEMS = ('default', 'nopool', 'conv3')
+TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
+TTA_SEED = 0  # seed of the TTA augmentation: the same seed gives the same predictions
 N_BOOT = 1000  # resamples of thera-compare's paired bootstrap interval
+CHANCE_AUC = 0.6  # below this out-of-fold AUC a run has not learned: its HTER, errors in common and audit are noise
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
 DEVICES = ('auto', 'cpu', 'cuda')
+
+
+def arch_stems(arch):
+    "The `stem` values `arch` takes (empty for the package's own nets, which have one stem)."
+    if arch == 'resnet18': return RESNET_STEMS
+    return () if arch in ARCH_NAMES else tuple(TIMM_STEMS)
+
+
+def check_arch(arch):
+    "Refuses a name that is neither a package arch nor a timm model, naming the closest ones (timm is imported for those only)."
+    if arch in ARCH_NAMES: return arch
+    import timm
+    if isinstance(arch, str) and timm.is_model(arch): return arch
+    close = difflib.get_close_matches(str(arch), list(ARCH_NAMES) + timm.list_models(), n=5, cutoff=0.5)
+    hint = f"closest names: {', '.join(dict.fromkeys(close))}" if close else "see timm.list_models()"
+    raise TheraError(f"{arch!r} is neither a package model ({', '.join(ARCH_NAMES)}) nor a timm model; {hint}", param='arch')
 
 
 def _choice(value, options, param):
@@ -171,6 +189,7 @@ class FitConfig:
 
 def native_bf16(device='cpu'):
     "Whether `device` runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
+    import torch
     if torch.device(device).type == 'cuda': return torch.cuda.is_bf16_supported()
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
@@ -186,11 +205,14 @@ class Runtime:
     def __post_init__(self):
         _choice(self.device, DEVICES, 'device'); _choice(self.precision, PRECISIONS, 'precision')
         if self.threads is not None: _at_least(self.threads, 1, 'threads')
+        if self.device != 'cuda' and self.precision != 'fp16': return
+        import torch
         if self.device == 'cuda' and not torch.cuda.is_available(): raise TheraError("is cuda but no CUDA GPU is visible", param='device')
         if self.precision == 'fp16' and not torch.cuda.is_available(): raise TheraError("fp16 needs a CUDA GPU (use bf16 or fp32 on a CPU)", param='precision')
 
     def resolved(self):
         "The concrete settings on this machine: a device, a precision and the thread count."
+        import torch
         device = ('cuda' if torch.cuda.is_available() else 'cpu') if self.device == 'auto' else self.device
         fallback = 'fp16' if device == 'cuda' else 'fp32'
         precision = ('bf16' if native_bf16(device) else fallback) if self.precision == 'auto' else self.precision
@@ -200,13 +222,14 @@ class Runtime:
     def apply(self):
         "Sets the thread count of this process (torch and its interop pool)."
         if self.threads:
+            import torch
             torch.set_num_threads(self.threads)
             os.environ.setdefault('OMP_NUM_THREADS', str(self.threads))
 
 
 def library_versions():
     "Versions that decide what a run computes, saved with its config."
-    import fastai, numpy, sklearn, timm
+    import fastai, numpy, sklearn, timm, torch
     from . import __version__
     return dict(thera_fastai=__version__, torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
                 numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())

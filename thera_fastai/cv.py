@@ -2,12 +2,13 @@
 then the run's report from what is on disk."""
 from contextlib import nullcontext
 
-import numpy as np
 
 from .config import FitConfig, Runtime
-from .data import fold_splits
+from .folds import fold_splits, fold_train_rows
 from .errors import TheraError
 from .files import clean_stale_temps, make_folder
+from .metrics import chance_warning
+from .models import check_start_weights
 from .callbacks import checkpoints
 from .progress import labelled_bar
 from .distributed import barrier, is_main, start_process_group, world_size
@@ -30,25 +31,27 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         raise TheraError(f"{only_fold} is out of range for {cfg.folds} folds (0..{cfg.folds - 1})", param='fold')
     rt = runtime.resolved()
     runtime.apply()
+    check_start_weights(cfg.arch, **cfg.model_kwargs())
     ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
-    splits = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)
+    fold_splits(ds.labels[rows], cfg.folds, cfg.seed)  # refuses more folds than the rarer class has images, before any write
     run = run_record(cfg, ds, rows, dkey)
     start_process_group(rt['device'])
     if is_main(): claim_run(make_folder(out, 'output'), run); clean_stale_temps(out)
     barrier()
     if not is_main(): claim_run(out, run)
     done, say = [], log if is_main() else (lambda *_: None)
-    for k, (tr, va) in enumerate(splits):
+    for k in range(cfg.folds):
         if only_fold not in (None, k): continue
         if fold_done(fold_dir(out, k), run['run_id']): say(f"fold {k}/{cfg.folds}: already finished, skipped"); done.append(k); continue
-        train_rows = np.setdiff1d(rows[tr], excluded)
+        train_rows, valid_rows = fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, k, excluded)
         with (fold_lock(out, k) if is_main() else nullcontext(fold_dir(out, k))) as folder:
-            left_out = f" ({len(tr) - len(train_rows)} excluded)" if len(excluded) else ''
-            say(f"fold {k}/{cfg.folds}: training on {len(train_rows)} images{left_out}, validating on {len(va)} ({_how(rt)})")
-            try: info = train_fold(images, ds.labels, train_rows, rows[va], cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log, cbs=cbs)
+            left_out = f" ({len(rows) - len(valid_rows) - len(train_rows)} excluded)" if len(excluded) else ''
+            say(f"fold {k}/{cfg.folds}: training on {len(train_rows)} images{left_out}, validating on {len(valid_rows)} ({_how(rt)})")
+            try: info = train_fold(images, ds.labels, train_rows, valid_rows, cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log, cbs=cbs)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
         if info: say(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")
+        if info and (warning := chance_warning(info['at_05']['auc'], f"fold {k}")): say(f"warning: {warning}")
     if not is_main(): return run_summary(out)[0]
     return write_run_report(out)
 

@@ -1,4 +1,5 @@
-"""fastai DataBlocks over the uint8 image cache: stratified folds, batch augmentation, a weighted DataLoader."""
+"""fastai DataBlocks over the uint8 image cache: batch augmentation, a weighted DataLoader (the rows come from `folds`)."""
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -11,15 +12,13 @@ from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
 from fastai.torch_core import TensorCategory, TensorImage
 from fastai.vision.augment import AffineCoordTfm, _draw_mask, affine_mat, aug_transforms
 from fasttransform import Transform
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .cache import IMAGE_SHAPE, IMAGE_SIZE, decode_jpeg
-from .errors import TheraError
-from .files import short_hash
+from .folds import class_weights, data_key, fold_splits, sample_rows  # noqa: F401  (the DataBlock's rows)
 
 __all__ = ['CachedImages', 'RowLabels', 'CacheDL', 'RandomShift', 'fold_splits', 'class_weights', 'image_stats',
            'batch_augmentations', 'thera_datablock', 'fold_dataloaders', 'images_dl', 'placeholder_dataloaders',
-           'sample_rows', 'data_key']
+           'sample_rows', 'data_key', 'without_cache']
 
 
 class CachedImages(Transform):
@@ -37,6 +36,17 @@ class CachedImages(Transform):
     def gather(self, rows):
         "A whole batch at once: (B, C, H, W) uint8, laid out channels-last like the cache, without a copy per item."
         return TensorImage(torch.from_numpy(self.images[np.asarray(rows)]).permute(0, 3, 1, 2))
+
+
+@contextmanager
+def without_cache(dls):
+    "Inside the block, `dls`' image transforms hold an empty cache: what `learn.export()` pickles (files and arrays still predict)."
+    tfms = {id(t): t for ds in (dls.train_ds, dls.valid_ds) if ds is not None and (t := _find_tfm(ds.tls[0].tfms, CachedImages))}
+    held = {k: t.images for k, t in tfms.items()}
+    for t in tfms.values(): t.images = np.zeros((0, *t.images.shape[1:]), t.images.dtype)
+    try: yield dls
+    finally:
+        for k, t in tfms.items(): t.images = held[k]
 
 
 class RowLabels(Transform):
@@ -58,7 +68,7 @@ class CacheDL(WeightedDL):
         items = np.asarray(self.dataset.items if hasattr(self.dataset, 'items') else self.dataset.tls[0].items)
         get_x = _find_tfm(self.dataset.tls[0].tfms, CachedImages)
         get_y = _find_tfm(self.dataset.tls[1].tfms, RowLabels) if len(self.dataset.tls) > 1 else None
-        if get_x is None or items.dtype.kind not in 'iu': yield from super().create_batches(samps); return
+        if get_x is None or items.ndim != 1 or items.dtype.kind not in 'iu': yield from super().create_batches(samps); return
         samps = np.fromiter(samps, dtype=np.int64)
         stop = len(samps) - len(samps) % self.bs if self.drop_last else len(samps)
         for start in range(0, stop, self.bs):
@@ -68,25 +78,10 @@ class CacheDL(WeightedDL):
             yield (x,) if get_y is None else (x, TensorCategory(torch.from_numpy(get_y.labels[rows].astype(np.int64))))
 
 
-def fold_splits(labels, n_folds, seed=42):
-    "Stratified K-fold (train_idx, valid_idx) pairs, fixed by `seed`."
-    labels = np.asarray(labels)
-    if n_folds < 2: raise TheraError(f"must be at least 2 (got {n_folds})", param='folds')
-    smallest = np.bincount(labels, minlength=2).min()
-    if n_folds > smallest:
-        raise TheraError(f"{n_folds} is more than the {smallest} images of the rarer class: each fold needs one", param='folds')
-    skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
-    return list(skf.split(np.zeros(len(labels)), labels))
+STATS_IMAGES = 5000  # rows the normalization statistics are computed over, at most
 
 
-def class_weights(labels):
-    "Per-row sampling weights, inversely proportional to the row's class frequency: classes come out balanced."
-    labels = np.asarray(labels)
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
-    return (1.0 / counts)[labels]
-
-
-def image_stats(images, rows=None, n=5000, seed=0):
+def image_stats(images, rows=None, n=STATS_IMAGES, seed=0):
     "Per-channel mean and std (0-1 scale) over up to `n` rows of the cache (all rows when `rows` is None)."
     rows = np.arange(len(images)) if rows is None else np.asarray(rows)
     if len(rows) > n: rows = np.sort(np.random.default_rng(seed).choice(rows, n, replace=False))
@@ -133,7 +128,7 @@ def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True
     stats = stats or image_stats(images, train_idx)
     dblock = thera_datablock(images, labels, np.arange(len(train_idx), len(rows)), stats, **aug)
     wgts = class_weights(np.asarray(labels)[train_idx]) if weighted else None
-    return dblock.dataloaders(rows, bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
+    return dblock.dataloaders(rows.tolist(), bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
                               num_workers=0, device=device, pin_memory=str(device).startswith('cuda'))
 
 
@@ -147,26 +142,9 @@ def placeholder_dataloaders(stats, bs=128, device=None, **aug):
                             device=device, **aug)
 
 
-def sample_rows(labels, n, seed):
-    "A stratified subset of `n` rows (all rows when `n` is None), sorted."
-    rows = np.arange(len(labels))
-    if n is None or n == len(labels): return rows
-    if n > len(labels): raise TheraError(f"{n} is larger than the {len(labels)} labelled images", param='sample')
-    if n < 4: raise TheraError(f"{n} is too small to split into folds", param='sample')
-    sub, _ = train_test_split(rows, train_size=n, stratify=labels, random_state=seed)
-    return np.sort(sub)
-
-
-def data_key(images_key, labels, rows, excluded=()):
-    "A hash of the training data a fit saw: the cache key, the labels, the rows used and those left out of training."
-    parts = [images_key.encode(), np.ascontiguousarray(labels, dtype=np.int8).tobytes(), np.ascontiguousarray(rows, dtype=np.int64).tobytes()]
-    if len(excluded): parts.append(np.ascontiguousarray(excluded, dtype=np.int64).tobytes())
-    return short_hash(*parts)
-
-
 def images_dl(dls, images, bs=None):
     "A labelless DataLoader over another cache (`images`) with `dls`' transforms, for `get_preds` and `tta`."
     valid_ds = dls.valid_ds
     x_tfms = [CachedImages(images) if isinstance(f, CachedImages) else f for f in valid_ds.tls[0].tfms.fs]
-    ds = Datasets(np.arange(len(images)), tfms=[x_tfms], split_idx=1, n_inp=1)
+    ds = Datasets(list(range(len(images))), tfms=[x_tfms], split_idx=1, n_inp=1)
     return dls.valid.new(ds, bs=bs or dls.valid.bs, shuffle=False, drop_last=False)

@@ -9,9 +9,10 @@ from .config import FitConfig
 from .data import images_dl
 from .errors import TheraError
 from .files import atomic_write, read_json
-from .inference import TTA_SEED, predict_probs
-from .learner import FOLD_FILE, load_fold_learner
-from .runs import fold_dir, fold_done, open_run
+from .config import TTA_SEED
+from .inference import predict_probs
+from .learner import load_fold_learner
+from .runs import FOLD_FILE, fold_dir, fold_done, open_run
 
 __all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'vote', 'votes_frame', 'write_labels', 'write_votes']
 
@@ -49,7 +50,7 @@ def load_fold_models(run_dir, device='auto', partial=False, precision=None):
     if not models: raise TheraError("holds no finished fold (fold*/fold.json)", run_dir)
     if missing and not partial:
         raise TheraError(f"fold{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing))} of {run['config']['folds']} "
-                         "not finished: finish them, or pass partial to vote over the finished ones", run_dir)
+                         "not finished: finish them, or vote over the finished ones with --partial (partial=True)", run_dir)
     return models, run
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .cache import cached_images
-from .data import image_stats
+from .data import STATS_IMAGES, image_stats
 from .errors import TheraError
 from .plots import pyplot, save_figure
 from .source import open_dataset
@@ -10,6 +10,11 @@ from .source import open_dataset
 __all__ = ['dataset_table', 'sample_grid', 'explore_dataset', 'label_conflicts']
 
 CLASS_NAMES = {0: 'class 0: occluded (hat, cap, glasses...)', 1: 'class 1: clean face'}
+
+
+def _stats_scope(n, sample=STATS_IMAGES):
+    "What the pixel statistics are computed over (`image_stats` reads at most `sample` random rows)."
+    return f" ({sample:,} random images)" if n > sample else f" (all {n:,} images)"
 
 
 def dataset_table(ds, images):
@@ -20,7 +25,7 @@ def dataset_table(ds, images):
             ('class 0 (occluded)', f"{counts[0]} ({counts[0] / counts.sum():.1%})"),
             ('class 1 (clean)', f"{counts[1]} ({counts[1] / counts.sum():.1%})"),
             ('image size', f"{images.shape[2]}x{images.shape[1]} {images.shape[3]} channels, all checked at decode"),
-            ('pixel mean R,G,B', ', '.join(f"{v:.3f}" for v in mean) + ' (5,000 random images)'),
+            ('pixel mean R,G,B', ', '.join(f"{v:.3f}" for v in mean) + _stats_scope(len(images))),
             ('pixel std R,G,B', ', '.join(f"{v:.3f}" for v in std))]
     width = max(len(k) for k, _ in rows)
     return '\n'.join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from .ensemble import load_fold_models
-from .files import atomic_write, make_folder, write_json
+from .files import atomic_folder, atomic_write, write_json
 
 __all__ = ['OnnxFold', 'export_run']
 
@@ -29,9 +29,13 @@ def export_run(run,  # A thera-fit run folder
                out,  # Folder to write fold<k>.onnx, ensemble.json and predict.py into
                partial:bool=False,  # Export the finished folds when some are missing
               ):
-    "Exports every fold of `run` to ONNX in fp32 (no TTA); returns the manifest written as ensemble.json."
+    """Exports every fold of `run` to ONNX in fp32 (no TTA); returns the manifest written as ensemble.json. The folder is
+    written beside `out` and renamed onto it whole: an interrupted or failed export leaves no part of one."""
     models, run_info = load_fold_models(run, device='cpu', partial=partial, precision='fp32')
-    out = make_folder(out, 'export')
+    with atomic_folder(out, 'export') as tmp: return _write_export(models, run_info, tmp)
+
+
+def _write_export(models, run_info, out):
     folds = []
     for m in models:
         net = OnnxFold(m.learn.model.float().eval().to(memory_format=torch.contiguous_format), m.learn.fold_info['stats']).eval()

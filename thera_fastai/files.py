@@ -5,9 +5,19 @@ from pathlib import Path
 
 from .errors import TheraError
 
-__all__ = ['atomic_write', 'create_exclusive', 'make_folder', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
+__all__ = ['atomic_write', 'atomic_folder', 'file_mode', 'create_exclusive', 'make_folder', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
 
 _TMP = re.compile(r'^\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$')
+
+
+def _umask():
+    mask = os.umask(0o022); os.umask(mask)
+    return mask
+
+
+def file_mode(folder=False):
+    "The mode a new file (or `folder`) gets under this process's umask: 0o644 (0o755) under the usual 022."
+    return (0o777 if folder else 0o666) & ~_umask()
 
 
 def _tmp_prefix(path): return f".{path.name}.{os.uname().nodename.replace('.', '_')}-{os.getpid()}."
@@ -25,6 +35,7 @@ def _temp_beside(path):
     "A unique empty temporary file beside `path`, removed afterwards; an OSError inside is one `TheraError` naming `path`."
     try:
         fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix='.tmp', dir=path.parent)
+        os.fchmod(fd, file_mode())  # mkstemp makes it 0600: others sharing the run folder could not read it
         os.close(fd)
         tmp = Path(tmp)
         try: yield tmp
@@ -43,6 +54,31 @@ def atomic_write(path, write):
     with _temp_beside(path) as tmp:
         write(tmp)
         os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_folder(path, what='output'):
+    """A temporary folder beside `path` to fill inside the block, renamed onto `path` at its end (an older `path` is
+    replaced), so `path` appears whole or not at all; on an error the temporary folder is removed."""
+    import shutil
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise TheraError(f"cannot create the {what} folder (a file is in the way)", path)
+    make_folder(path.parent, what)
+    try: tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmpdir', dir=path.parent))
+    except OSError as e: raise _space_error(e, path) from None
+    try:
+        os.chmod(tmp, file_mode(folder=True))  # mkdtemp makes it 0700
+        yield tmp
+        old = path.with_name(tmp.name.replace('.tmpdir', '.old'))
+        if path.exists(): os.rename(path, old)
+        os.rename(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _space_error(e, path) from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def create_exclusive(path, text):

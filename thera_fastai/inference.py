@@ -1,19 +1,25 @@
 """Predictions for `get_preds` and `tta`: the same weights through `torch.compile` on the CPU, TTA from a seeded generator."""
-import os, random, warnings
+import logging, os, random, warnings
 from contextlib import contextmanager
 
 import numpy as np
 import torch
 
+from .config import TTA_SEED
+
 __all__ = ['compile_enabled', 'compiled_model', 'seeded', 'predict_probs', 'TTA_SEED']
 
-TTA_SEED = 0
 TTA_BETA = 0.25  # weight of the plain pass in the TTA blend (fastai's default)
+COMPILE_MIN_IMAGES = 5000  # fewer images than this predict in eager mode: the compilation would cost more than it saves
+log = logging.getLogger('thera_fastai')
 
 
-def compile_enabled():
-    "Whether inference may use `torch.compile` (set THERA_COMPILE=0 to force eager)."
-    return os.environ.get('THERA_COMPILE', '1') != '0'
+def compile_enabled(n_images=None):
+    """Whether inference uses `torch.compile`: for `n_images` of at least `COMPILE_MIN_IMAGES` (None: any number), unless
+    THERA_COMPILE=0 (always eager); THERA_COMPILE=1 compiles whatever the number."""
+    flag = os.environ.get('THERA_COMPILE')
+    if flag is not None: return flag != '0'
+    return n_images is None or n_images >= COMPILE_MIN_IMAGES
 
 
 @contextmanager
@@ -23,7 +29,9 @@ def compiled_model(learn, enable=None):
     On 2 CPU cores this fuses BatchNorm and ReLU into the convolutions: the simple CNN's forward
     goes from about 900 to 1,400 images/s. The parameters are shared, so predictions are the same."""
     eager = learn.model
-    if enable if enable is not None else compile_enabled(): learn.model = torch.compile(eager, dynamic=False)
+    if enable if enable is not None else compile_enabled():
+        log.info("compiling the model for prediction (torch.compile: a minute or two on a CPU before the first batch)")
+        learn.model = torch.compile(eager, dynamic=False)
     try: yield learn
     finally: learn.model = eager
 
@@ -43,7 +51,7 @@ def predict_probs(learn, dl, tta=0, seed=TTA_SEED, compile=None, flip=False, wit
 
     The augmentation draws from generators seeded with `seed`, so the same call gives the same numbers. `flip` adds a
     random horizontal flip to the passes, for a model whose training flipped by `AlternatingFlip` rather than in its
-    DataLoader. `compile`: use `torch.compile` (None: unless THERA_COMPILE=0). `with_plain`: (plain, TTA) from the same
+    DataLoader. `compile`: use `torch.compile` (None: `compile_enabled` for the rows of `dl`). `with_plain`: (plain, TTA) from the same
     passes, the plain one being the pass TTA blends in."""
     from fastai.vision.augment import Flip  # here: the commands import this module before they silence fastai's import warnings
     tfms = [*dl.after_batch.fs, Flip(p=0.5)] if tta and flip else None
@@ -54,12 +62,12 @@ def predict_probs(learn, dl, tta=0, seed=TTA_SEED, compile=None, flip=False, wit
             if not tta: plain = learn.get_preds(dl=dl)[0]; return plain, plain
             aug, plain = learn.tta(dl=dl, n=tta, batch_tfms=tfms, beta=None)[0]
             return plain, torch.lerp(aug, plain, TTA_BETA)
-    compile = compile_enabled() if compile is None else compile
+    compile = compile_enabled(len(dl.dataset)) if compile is None else compile
     try:
         with compiled_model(learn, compile): plain, blended = run()
     except Exception as e:  # a missing compiler or an op inductor cannot lower: eager gives the same numbers
         if not compile: raise
         warnings.warn(f"torch.compile failed ({type(e).__name__}); predicting in eager mode")
         plain, blended = run()
-    plain, blended = (p.float().view(-1).cpu().numpy() for p in (plain, blended))
+    plain, blended = (p[:, 1].float().cpu().numpy() for p in (plain, blended))  # the loss's activation: (P(0), P(1))
     return (plain, blended) if with_plain else blended

@@ -7,7 +7,7 @@ import pandas as pd
 
 from .errors import TheraError
 from .files import atomic_write, make_folder, write_json
-from .metrics import error_rates
+from .metrics import chance_warning, error_rates
 from .report import cross_fitted_hter, run_summary
 from .runs import open_run, run_data
 
@@ -19,8 +19,9 @@ def _pred_probs(p1): return np.stack([1 - p1, p1], 1)
 
 def find_label_issues(oof, names=None, prob='prob_tta'):
     """Rows whose given label cleanlab flags (confident learning, prune by noise rate) in the out-of-fold frame `oof`:
-    name, row, given label, P(clean) (the out-of-fold probability of the given label), label quality (cleanlab's
-    normalized margin) and rank (1 = most suspect), most suspect first. `names`: the training image names (else blank)."""
+    name, row (0-based: line `row + 1` of label_train.txt), given label, `p_clean` (the out-of-fold P(clean face)),
+    `p_label` (the out-of-fold probability of the given label), label quality (cleanlab's normalized margin) and rank
+    (1 = most suspect), most suspect first. `names`: the training image names (else blank)."""
     from cleanlab.filter import find_label_issues as cl_find
     from cleanlab.rank import get_label_quality_scores
     labels, pp = oof['label'].to_numpy().astype(int), _pred_probs(oof[prob].to_numpy())
@@ -29,7 +30,8 @@ def find_label_issues(oof, names=None, prob='prob_tta'):
     quality = get_label_quality_scores(labels, pp, method='normalized_margin')
     rows = oof['row'].to_numpy()
     frame = pd.DataFrame(dict(name=[names[r] for r in rows] if names is not None else [''] * len(rows), row=rows,
-                              label=labels, p_clean=pp[np.arange(len(pp)), labels], quality=quality, fold=oof['fold'].to_numpy()))
+                              label=labels, p_clean=pp[:, 1], p_label=pp[np.arange(len(pp)), labels], quality=quality,
+                              fold=oof['fold'].to_numpy()))
     frame = frame[flagged].sort_values(['quality', 'row']).reset_index(drop=True)
     frame.insert(len(frame.columns) - 1, 'rank', np.arange(1, len(frame) + 1))
     return frame
@@ -57,6 +59,8 @@ def label_audit(run, data=None):
     run_info = open_run(run)
     summary, oof = run_summary(run, run_info)
     if oof is None: raise TheraError("holds no finished fold (fold*/fold.json): nothing to audit", run)
+    if warning := chance_warning(summary['pooled']['at_05']['auc'], 'its model'):
+        raise TheraError(f"{warning}. An audit would flag noise as label errors, so none is made", run)
     source = run_data(run_info, data)
     names = open_dataset(source).train.names if source else None
     issues = find_label_issues(oof, names)
@@ -92,7 +96,8 @@ def audit_markdown(a):
         "", "The rows not flagged are chosen with the same probabilities they are scored with, so their HTER is optimistic: "
         "it says how much of the error sits on suspect labels, not what a better model would score.", "",
         "Most suspect labels, per given label (the map shows where the fold model sees an occlusion, Grad-CAM):", "",
-        "![suspects labelled 0](suspects_label0.png)", "", "![suspects labelled 1](suspects_label1.png)", ""])
+        *[line for k in (0, 1) for line in ((f"![suspects labelled {k}](suspects_label{k}.png)", "") if fl[k] else
+                                            (f"No label {k} is flagged.", ""))]])
 
 
 def suspect_grids(run, issues, images, out, n=16, device='cpu'):
@@ -102,6 +107,7 @@ def suspect_grids(run, issues, images, out, n=16, device='cpu'):
     maps = oof_saliency(run, pd.concat(tops), images, device=device)  # each fold model loaded once for both grids
     paths, start = [], 0
     for label, top in zip((0, 1), tops):
+        if not len(top): continue
         titles = [f"{r.name}\ny={r.label} P(clean)={r.p_clean:.2f}" for r in top.itertuples()]
         path = Path(out)/f"suspects_label{label}.png"
         plot_saliency(images[top['row'].to_numpy()], maps[start:start + len(top)], titles, path,
@@ -117,7 +123,7 @@ def write_audit(run, out=None, data=None, n=16, cache=None, device='cpu'):
     from .source import open_dataset
     a, issues = label_audit(run, data)
     out = make_folder(out or Path(run)/'audit', 'audit output')
-    cols = ['name', 'row', 'label', 'p_clean', 'quality', 'rank']
+    cols = ['name', 'row', 'label', 'p_clean', 'p_label', 'quality', 'rank']
     atomic_write(out/'label_issues.csv', lambda tmp: issues[cols].to_csv(tmp, index=False, float_format='%.6g'))
     write_json(out/'audit.json', a)
     text = audit_markdown(a)

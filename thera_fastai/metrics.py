@@ -6,11 +6,18 @@ HTER = (FAR + FRR) / 2 = 1 - balanced accuracy."""
 from functools import partial
 
 import numpy as np
-from fastai.metrics import AccumMetric
-from sklearn.metrics import balanced_accuracy_score, roc_auc_score, roc_curve
 
-__all__ = ['far', 'frr', 'hter', 'error_rates', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
+__all__ = ['chance_warning', 'far', 'frr', 'hter', 'error_rates', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
            'thera_metrics']
+
+
+def chance_warning(auc, what='this run'):
+    "One line saying that `what` has not learned (its AUC is below `config.CHANCE_AUC`, or undefined), else None."
+    from .config import CHANCE_AUC
+    if auc is not None and auc >= CHANCE_AUC: return None
+    shown = 'undefined' if auc is None or auc != auc else f"{auc:.3f}"
+    return (f"{what} has not learned: out-of-fold AUC {shown}, below {CHANCE_AUC} (0.5 is chance); its HTER and errors are noise, "
+            "not a result: train longer (--epochs) or on more images (--sample)")
 
 
 def _as_np(probs, targs):
@@ -45,6 +52,7 @@ def error_rates(probs, targs, thresh=0.5):
 def best_threshold(probs, targs):
     "The threshold on P(class 1) that minimizes HTER over these rows (pick it on out-of-fold rows only)."
     p, t = _as_np(probs, targs)
+    from sklearn.metrics import roc_curve  # here and below: a command that only prints its version needs no scikit-learn
     fpr, tpr, thresholds = roc_curve(t, p)
     # roc_curve's FPR is FAR and 1 - TPR is FRR at "predict 1 when p >= threshold".
     i = int(np.argmin(fpr + (1 - tpr)))
@@ -57,19 +65,23 @@ def _prob(logits): return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64).
 def balanced_acc(probs, targs, thresh=0.5):
     "Balanced accuracy of predicting 1 when P(class 1) >= `thresh`: 1 - HTER."
     p, t = _as_np(probs, targs)
+    from sklearn.metrics import balanced_accuracy_score
     return float(balanced_accuracy_score(t, p >= thresh))
 
 
 def auc(probs, targs):
     "ROC AUC of P(class 1); NaN when only one class is present."
     p, t = _as_np(probs, targs)
+    from sklearn.metrics import roc_auc_score
     return float(roc_auc_score(t, p)) if len(np.unique(t)) == 2 else float('nan')
 
 
 def _on_logits(func, preds, targs, **kwargs): return func(_prob(preds), targs, **kwargs)
 
 
-def _metric(f, name, **kwargs): return AccumMetric(partial(_on_logits, f, **kwargs), to_np=True, flatten=True, name=name)
+def _metric(f, name, **kwargs):
+    from fastai.metrics import AccumMetric  # here: reading a run's figures needs no fastai
+    return AccumMetric(partial(_on_logits, f, **kwargs), to_np=True, flatten=True, name=name)
 
 
 def _at_threshold(f, doc):

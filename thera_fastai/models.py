@@ -1,14 +1,15 @@
 """The architectures: the seed's simple CNN, a CIFAR speed-run style net, and any timm model with its stem
 adapted to 64x64 (`timm_64`); plus what a model costs (`model_profile`)."""
-import difflib
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import ARCH_NAMES, RESNET_STEMS, TIMM_STEMS, arch_stems, check_arch  # noqa: F401  (re-exported)
 from .errors import TheraError
 
-__all__ = ['ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
+__all__ = ['check_start_weights', 'ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
            'ARCHS', 'arch_stems', 'check_arch', 'create_model', 'model_profile']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
@@ -58,9 +59,6 @@ def simple_cnn(widths=DEFAULT_WIDTHS, head=DEFAULT_HEAD, padding_mode='zeros', *
     return SimpleCNN(tuple(tuple(b) for b in widths), tuple(head), padding_mode=padding_mode, **kwargs)
 
 
-RESNET_STEMS = ('default', 'nopool', 'conv3')
-
-
 def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
     """A timm ResNet-18 with one logit and a stem altered for 64x64 input.
 
@@ -70,6 +68,7 @@ def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
     for its weights (needs the hub); `weights` is a local state-dict file loaded instead."""
     import timm
     if stem not in RESNET_STEMS: raise TheraError(f"unknown ResNet stem {stem!r}: use default, nopool or conv3")
+    if pretrained and weights is None: require_cached_pretrained('resnet18')
     try: model = timm.create_model('resnet18', pretrained=pretrained and weights is None, num_classes=1, in_chans=n_in)
     except Exception as e:
         raise TheraError(f"timm could not get pretrained resnet18 weights ({type(e).__name__}); "
@@ -84,13 +83,14 @@ def resnet18_64(stem='nopool', pretrained=False, weights=None, n_in=3):
 def _load_backbone(model, path, name='resnet18'):
     "Loads a local timm state dict, skipping the classifier (it has 1000 outputs there)."
     try: state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e: raise TheraError(f"{path}: cannot read weights ({e})") from None
+    except FileNotFoundError: raise TheraError("the weights file does not exist", path) from None
+    except Exception as e: raise TheraError(f"cannot read weights ({str(e)[:160]})", path) from None
     head = getattr(model, 'default_cfg', {}).get('classifier', 'fc')
     head_keys = {f"{head}.weight", f"{head}.bias"}
     state = {k: v for k, v in state.items() if k not in head_keys}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or set(missing) - head_keys:
-        raise TheraError(f"{path}: not a {name} state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        raise TheraError(f"not a {name} state dict ({len(missing)} missing, {len(unexpected)} unexpected keys)", path)
 
 
 def _bn(nf, momentum=None, weight=True):
@@ -167,9 +167,6 @@ def whiten_init(conv, images, eps=5e-4):
     return conv
 
 
-TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
-
-
 def map_sizes(model, size=64, n_in=3, types=(nn.Conv2d,)):
     """(module, input width, output width) of every `types` module, in the order a no-grad eval forward pass of a
     `size` px image calls them (each module once, at its first call); the model's mode is put back afterwards."""
@@ -222,6 +219,7 @@ def timm_64(name, stem='x2', pretrained=False, weights=None, n_in=3, size=64):
     import timm
     check_arch(name)
     if stem not in TIMM_STEMS: raise TheraError(f"unknown stem {stem!r} for {name}: use {', '.join(TIMM_STEMS)}", param='stem')
+    if pretrained and weights is None: require_cached_pretrained(name)
     try: model = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=1, in_chans=n_in)
     except Exception as e:
         if not pretrained: raise TheraError(f"timm could not build {name} ({type(e).__name__}: {str(e)[:120]})", param='arch') from None
@@ -236,23 +234,34 @@ def timm_64(name, stem='x2', pretrained=False, weights=None, n_in=3, size=64):
 
 
 ARCHS = {'simple': simple_cnn, 'resnet18': resnet18_64, 'airbench': airbench_64}
+assert tuple(ARCHS) == ARCH_NAMES
 
 
-def arch_stems(arch):
-    "The `stem` values `arch` takes (empty for the package's own nets, which have one stem)."
-    if arch == 'resnet18': return RESNET_STEMS
-    return () if arch in ARCHS else tuple(TIMM_STEMS)
+def _cached_pretrained(name):
+    "Whether timm's pretrained weights of `name` are on this machine already (Hugging Face or torch hub cache)."
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+    cfg = get_pretrained_cfg(name)
+    if cfg is None: return False
+    if cfg.hf_hub_id and any(isinstance(try_to_load_from_cache(cfg.hf_hub_id, f), str)
+                             for f in (cfg.hf_hub_filename, 'model.safetensors', 'pytorch_model.bin') if f): return True
+    return bool(cfg.url) and (Path(torch.hub.get_dir())/'checkpoints'/cfg.url.rsplit('/', 1)[-1]).exists()
 
 
-def check_arch(arch):
-    "Refuses a name that is neither a package arch nor a timm model, naming the closest ones."
-    if arch in ARCHS: return arch
-    import timm
-    if isinstance(arch, str) and timm.is_model(arch): return arch
-    names = list(ARCHS) + timm.list_models()
-    close = difflib.get_close_matches(str(arch), names, n=5, cutoff=0.5)
-    hint = f"closest names: {', '.join(dict.fromkeys(close))}" if close else "see timm.list_models()"
-    raise TheraError(f"{arch!r} is neither a package model ({', '.join(ARCHS)}) nor a timm model; {hint}", param='arch')
+def check_start_weights(arch, pretrained=False, weights=None, **kwargs):
+    """Refuses, before anything is decoded or written, a start the fit could not make: a `weights` file that is
+    missing or does not fit `arch` (the model is built with it), or timm's pretrained weights where they are not in
+    the local cache (nothing is downloaded at run time)."""
+    if weights is not None: create_model(arch, pretrained=True, weights=weights, **kwargs); return
+    if pretrained: require_cached_pretrained(arch)
+
+
+def require_cached_pretrained(name):
+    "Refuses at once timm's pretrained weights of `name` where they are not in the local cache (no hub access, no retries)."
+    if not _cached_pretrained(name):
+        raise TheraError(f"timm could not get pretrained {name} weights: they are not in this machine's cache and nothing is "
+                         "downloaded at run time; pass --weights FILE with a local state dict, or train without --pretrained",
+                         param='pretrained')
 
 
 def create_model(arch, **kwargs):

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics
-from .callbacks import read_history
+from .runs import read_history
 from .files import atomic_write
 
 __all__ = ['pyplot', 'save_figure', 'plot_history', 'plot_roc', 'plot_confusion', 'write_plots', 'top_losses', 'image_grid', 'plot_top_losses']
@@ -25,11 +25,11 @@ def save_figure(fig, path):
 
 
 def plot_history(histories, path):
-    "Training and validation loss, and validation HTER, per epoch for each fold (`histories`: fold -> frame)."
+    "Training and validation loss, and validation HTER, per epoch for each fold (`histories`: fold -> frame); epochs from 0, as logged."
     plt = pyplot()
     fig, (ax_loss, ax_hter) = plt.subplots(1, 2, figsize=(10, 3.6))
     for k, h in sorted(histories.items()):
-        epochs, color = h['epoch'] + 1, f"C{int(k) % 10}"
+        epochs, color = h['epoch'], f"C{int(k) % 10}"
         ax_loss.plot(epochs, h['train_loss'], '--', marker='x', color=color, label=f"fold {k} train (weighted)")
         ax_loss.plot(epochs, h['valid_loss'], '-', marker='o', color=color, label=f"fold {k} valid")
         ax_hter.plot(epochs, h['hter'], marker='o', color=color, label=f"fold {k}")
@@ -38,7 +38,7 @@ def plot_history(histories, path):
     ax_hter.set(xlabel='epoch', ylabel='validation HTER at 0.5', title='HTER per epoch')
     for ax in (ax_loss, ax_hter):
         ax.legend(fontsize=7); ax.grid(alpha=.3)
-        ax.set_xticks(range(1, n_epochs + 1)); ax.set_xlim(0.5, n_epochs + 0.5)
+        ax.set_xticks(range(n_epochs)); ax.set_xlim(-0.5, n_epochs - 0.5)
     fig.tight_layout(w_pad=2)
     save_figure(fig, path)
 

@@ -6,7 +6,7 @@ import numpy as np
 from filelock import FileLock
 
 from .files import write_json, atomic_write
-from .metrics import best_threshold, error_rates
+from .metrics import best_threshold, chance_warning, error_rates
 from .runs import finished_folds, open_run, read_oof
 
 __all__ = ['cross_fit_groups', 'cross_fitted', 'cross_fitted_decisions', 'cross_fitted_hter', 'cv_summary', 'run_summary', 'write_run_report', 'markdown_report']
@@ -86,6 +86,7 @@ def markdown_report(summary):
     lines = [f"# thera-fit CV report ({'complete' if summary['complete'] else 'partial'})", "",
              f"{summary['n_images']} images, {len(summary['folds'])}/{summary['config']['folds']} folds finished, "
              f"{summary['fit_seconds'] / 60:.1f} min of fitting.", "",
+             *([f"**Warning: {w}.**", ""] if 'pooled' in summary and (w := chance_warning(summary['pooled']['at_05']['auc'])) else []),
              "Out-of-fold metrics at threshold 0.5 (TTA probabilities; `plain` = without TTA):", "",
              head, "|" + "---|" * (len(_COLS) + 2)]
     for k, f in sorted(summary['folds'].items(), key=lambda kv: int(kv[0])):

@@ -9,18 +9,24 @@ import pandas as pd
 from filelock import FileLock, Timeout
 
 from .cache import cached_images, source_key
-from .config import FitConfig, library_versions
-from .data import data_key, fold_splits, sample_rows
+from .config import IMAGE_SHAPE, FitConfig, library_versions
+from .folds import data_key, fold_train_rows, sample_rows
 from .errors import TheraError
 from .files import atomic_write, clean_stale_temps, create_exclusive, file_hash, read_json, short_hash
-from .learner import FOLD_FILE, WEIGHTS_FILE
 from .source import open_dataset
 
-__all__ = ['RUN_FILE', 'FOLD_FILES', 'run_id', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
+__all__ = ['RUN_FILE', 'FOLD_FILE', 'WEIGHTS_FILE', 'FOLD_FILES', 'read_history', 'check_fold_info', 'run_id', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
            'fold_lock', 'fold_rows', 'prepare_data', 'read_row_list', 'read_oof', 'write_oof']
 
-RUN_FILE = 'config.json'
+RUN_FILE, FOLD_FILE, WEIGHTS_FILE = 'config.json', 'fold.json', 'model.safetensors'
 FOLD_FILES = (WEIGHTS_FILE, 'oof.csv', 'history.csv')
+
+
+def read_history(path):
+    "A fold's history.csv: one row per epoch with its losses and metrics."
+    try: return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise TheraError(f"history is not a readable CSV ({e})", path) from None
 
 
 def run_id(cfg: FitConfig, dkey):
@@ -32,8 +38,9 @@ def read_row_list(path, names):
     """The 0-based label rows a file lists: a CSV with a `row` or `name` column (thera-audit's label_issues.csv),
     or plain text with one row number or image name per line. `names` are the training image names."""
     path = Path(path)
-    try: text = path.read_text()
+    try: text = path.read_text(encoding='utf-8')
     except OSError as e: raise TheraError(f"cannot read the row list ({e.strerror})", path) from None
+    except UnicodeDecodeError as e: raise TheraError(f"the row list is not UTF-8 text (byte {e.start}): expected row numbers or image names", path) from None
     lines = [l.strip() for l in text.splitlines() if l.strip()]
     if path.suffix.lower() == '.csv' or (lines and ',' in lines[0]):
         try: frame = pd.read_csv(io.StringIO(text))
@@ -63,8 +70,7 @@ def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
 def fold_rows(data, cfg, fold, cache=None):
     "(images, labels, train rows, valid rows) of fold `fold` of `cfg` on `data`, as the fit used them."
     ds, images, rows, excluded, _ = prepare_data(data, cfg, cache)
-    tr, va = fold_splits(ds.labels[rows], cfg.folds, cfg.seed)[fold]
-    return images, ds.labels, np.setdiff1d(rows[tr], excluded), rows[va]
+    return (images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, fold, excluded))
 
 
 def run_record(cfg, ds, rows, dkey):
@@ -79,10 +85,34 @@ def open_run(out):
     if not out.is_dir(): raise TheraError("run folder does not exist", out)
     if not (out/RUN_FILE).exists(): raise TheraError(f"no {RUN_FILE}: not a thera-fit output folder", out)
     run = read_json(out/RUN_FILE, 'run config')
-    for k in ('run_id', 'config'):
+    for k, kind in (('run_id', str), ('config', dict)):
         if k not in run: raise TheraError(f"run config has no {k!r} (not written by thera-fit?)", out/RUN_FILE)
-    FitConfig.from_dict(run['config'], out/RUN_FILE)
-    return run
+        if not isinstance(run[k], kind): raise TheraError(f"run config's {k!r} is not {_KINDS[kind]}", out/RUN_FILE)
+    missing = [f for f in _REQUIRED_CONFIG if f not in run['config']]
+    if missing: raise TheraError(f"run config lacks {', '.join(map(repr, missing))} (a damaged file?)", out/RUN_FILE)
+    return dict(run, config=FitConfig.from_dict(run['config'], out/RUN_FILE).to_dict())
+
+
+# Every config field that thera_fastai has always written (later fields have defaults that read old runs the same).
+_REQUIRED_CONFIG = ('arch', 'folds', 'epochs', 'bs', 'lr', 'seed', 'balance', 'tta', 'image_size')
+_KINDS = {str: 'a string', dict: 'an object', list: 'a list', int: 'an integer', float: 'a number'}
+
+
+def check_fold_info(info, path):
+    """`fold.json`'s keys that prediction and reports read, each of its type: one `TheraError` naming the file and the
+    key otherwise, before anything is computed with it."""
+    def bad(key, what): raise TheraError(f"fold file's {key!r} {what} (a damaged file?)", path)
+    for key, kind in (('run_id', str), ('config', dict), ('stats', list), ('files', dict), ('at_05', dict)):
+        if key not in info: bad(key, 'is missing')
+        if not isinstance(info[key], kind): bad(key, f"is not {_KINDS[kind]}")
+    t = info.get('threshold')
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 <= t <= 1: bad('threshold', f"is not a probability (got {t!r})")
+    stats = info['stats']
+    if len(stats) != 2 or any(not isinstance(c, list) or len(c) != IMAGE_SHAPE[2] or
+                              not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c) for c in stats):
+        bad('stats', f"is not [means, stds] of {IMAGE_SHAPE[2]} numbers each")
+    if not all(isinstance(info.get(k), (int, float)) for k in ('fit_seconds', 'images_seen')): bad('fit_seconds', 'or images_seen is not a number')
+    return info
 
 
 def _differences(old, new):
@@ -123,9 +153,9 @@ def fold_done(folder, rid):
     try: info = read_json(path, 'fold file')
     except TheraError: return None
     files = info.get('files') or {}
-    if info.get('run_id') != rid or set(files) != set(FOLD_FILES): return None
+    if info.get('run_id') != rid or not isinstance(files, dict) or set(files) != set(FOLD_FILES): return None
     ok = all((Path(folder)/n).exists() and file_hash(Path(folder)/n) == h for n, h in files.items())
-    return info if ok else None
+    return check_fold_info(info, path) if ok else None
 
 
 def finished_folds(out, run):
@@ -146,7 +176,7 @@ def fold_lock(out, k):
     lock, holder = FileLock(folder/'.lock'), folder/'.holder'
     try: lock.acquire(timeout=0)
     except Timeout:
-        who = holder.read_text().strip() if holder.exists() else 'another process'
+        who = _holder(holder)
         raise TheraError(f"fold {k} is being trained by {who}; wait for it, or train another fold", folder) from None
     try:
         holder.write_text(f"{socket.gethostname()} pid {os.getpid()}\n")
@@ -155,6 +185,19 @@ def fold_lock(out, k):
     finally:
         holder.unlink(missing_ok=True)
         lock.release()
+
+
+def _holder(path, wait_s=3.0):
+    "Who holds a fold lock, from its holder file; a holder that took the lock a moment ago is given `wait_s` to write it."
+    import time
+    deadline = time.time() + wait_s
+    while True:
+        try:
+            text = path.read_text().strip()
+            if text: return text
+        except OSError: pass
+        if time.time() > deadline: return 'another process'
+        time.sleep(0.05)
 
 
 def write_oof(path, rows, labels, probs, probs_tta):

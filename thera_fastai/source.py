@@ -156,7 +156,11 @@ def open_dataset(path, need_val=False):
     "Opens the exercise from its zip or extracted folder (or the folder above it) and checks names and labels against each other."
     container = _open(path)
     members = container.members()
-    root = next((r for r in _roots(members, LABEL_FILE) if any(m.startswith(r + TRAIN_DIR + '/') for m in members)), None)
+    layouts = [r for r in _roots(members, LABEL_FILE) if any(m.startswith(r + TRAIN_DIR + '/') for m in members)]
+    if len(layouts) > 1:  # two copies of the data (other labels?): reading either one silently would be a guess
+        raise TheraError(f"holds the exercise layout in {len(layouts)} folders ({', '.join(r or './' for r in layouts)}): "
+                         "give the one to use (its folder, or a zip of it alone)", container.path)
+    root = layouts[0] if layouts else None
     if root is None:
         missing = f"{TRAIN_DIR}/" if _roots(members, LABEL_FILE) else LABEL_FILE
         kind = 'zip' if isinstance(container, _Zip) else 'folder'
@@ -178,6 +182,9 @@ def open_images(path):
     container = _open(path)
     members = container.members()
     roots = _roots(members, VAL_DIR + '/')
+    if len(roots) > 1:
+        raise TheraError(f"holds {VAL_DIR}/ in {len(roots)} folders ({', '.join(r or './' for r in roots)}): give the one to use",
+                         container.path)
     if roots: val = _folder_source(container, members, roots[0] + VAL_DIR + '/')
     elif isinstance(container, _Folder): val = _folder_source(container, members, '')
     else: val = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from .api import make_config
 from .errors import TheraError
 
-__all__ = ['DEFAULT_SPACE', 'read_space', 'open_study', 'sweep', 'leaderboard']
+__all__ = ['DEFAULT_SPACE', 'read_space', 'fit_space', 'open_study', 'sweep', 'leaderboard']
 
 # Searched values are dicts ({"low", "high", "log"} or {"choices"}, optionally "when" another value holds);
 # anything else is fixed for every trial. Epochs and sample keep a trial to minutes on a 2-core CPU.
@@ -41,6 +41,16 @@ def read_space(path=None):
     for name, spec in space.items():
         if isinstance(spec, dict) and not ({'low', 'high'} <= set(spec) or 'choices' in spec):
             raise TheraError(f"{name}: a searched value needs low and high, or choices", path)
+    return space
+
+
+def fit_space(space, n_labelled, log=print):
+    """`space` for data of `n_labelled` images: a fixed `sample` at or above it becomes every image (the default
+    space's 20,000 on a smaller dataset), said in one line; the fixed values are checked as a config."""
+    if isinstance(space.get('sample'), int) and space['sample'] >= n_labelled:
+        log(f"sample {space['sample']:,} is not below the {n_labelled:,} labelled images: every trial uses all of them")
+        space = {**space, 'sample': None}
+    make_config(**{k: v for k, v in space.items() if not isinstance(v, dict)})
     return space
 
 
@@ -107,7 +117,8 @@ def sweep(data,  # The exercise zip or its extracted folder
          ):
     "Runs `trials` trials of the study in this process; returns the study. Start the same call on other machines to add workers."
     if not isinstance(trials, int) or trials < 1: raise TheraError(f"must be at least 1 (got {trials!r})", param='trials')
-    space = space if isinstance(space, dict) else read_space(space)
+    from .source import open_dataset
+    space = fit_space(space if isinstance(space, dict) else read_space(space), len(open_dataset(data).labels), log)
     st = open_study(out, study, storage)
     st.optimize(_objective(data, out, space, dict(fit_kwargs, log=lambda *_: None), prune_above), n_trials=trials,
                 catch=(), callbacks=[lambda s, t: log(_trial_line(t))])

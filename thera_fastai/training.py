@@ -18,9 +18,9 @@ from .levers import lever_callbacks, teacher_probs
 from .methods import method_callbacks
 from .models import model_profile, whiten_init
 from .callbacks import _unwrapped
-from .learner import FOLD_FILE, WEIGHTS_FILE, save_weights, step_schedule, thera_learner, weights_bytes
+from .learner import save_weights, step_schedule, thera_learner, weights_bytes
 from .metrics import best_threshold, error_rates
-from .runs import FOLD_FILES, write_oof
+from .runs import FOLD_FILE, FOLD_FILES, WEIGHTS_FILE, write_oof
 
 __all__ = ['train_fold']
 
@@ -80,6 +80,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if cfg.budget and start == 0: log(f"fold {fold}: budget {cfg.budget / 60:.1f} min holds {plan['steps']} steps "
                                       f"({plan['steps'] / plan['steps_per_epoch']:.2f} epochs) at {plan['step_seconds']:.2f} s a step")
     finished = start >= plan['epochs']
+    if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
     soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device']) if cfg.distill and not finished else None
     extra = list(cbs or [])
     cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan),
