@@ -15,13 +15,15 @@ BIN = Path(sys.executable).parent
 
 
 def run(step, args, cwd, rows):
-    "Runs one installed command, records its wall time and its last line; a failure stops the loop."
+    """Runs one installed command, records its wall time and its last line in `cwd`/prototyping_loop.csv (rewritten
+    after every step, so a stopped loop keeps the steps it finished); a failure stops the loop."""
     t0 = time.time()
     res = subprocess.run([str(BIN/args[0]), *map(str, args[1:])], cwd=cwd, capture_output=True, text=True)
     seconds = time.time() - t0
     last = (res.stdout.strip().splitlines() or [''])[-1][:160]
     rows.append(dict(step=step, command=' '.join(shlex.quote(str(a)) for a in args), seconds=round(seconds, 1), result=last))
     print(f"{step}: {seconds / 60:.1f} min: {last}", flush=True)
+    pd.DataFrame(rows).to_csv(Path(cwd)/'prototyping_loop.csv', index=False)
     if res.returncode: sys.exit(f"{step} failed ({res.returncode}):\n{res.stderr[-3000:]}")
     return res.stdout
 
@@ -39,9 +41,10 @@ def b_wins(paired_csv, b):
 
 def markdown(frame):
     "The table of the README's section, generated from the CSV."
-    lines = ["| step | command | minutes |", "|---|---|---|"]
-    lines += [f"| {r.step} | `{r.command}` | {r.seconds / 60:.1f} |" for r in frame.itertuples()]
-    return '\n'.join(lines + [f"| all | | {frame['seconds'].sum() / 60:.1f} |"]) + '\n'
+    lines = ["| step | command | minutes | result |", "|---|---|---|---|"]
+    lines += [f"| {r.step} | `{r.command}` | {'-' if r.seconds != r.seconds else f'{r.seconds / 60:.1f}'} | {r.result} |"
+              for r in frame.itertuples()]
+    return '\n'.join(lines) + '\n'
 
 
 def main():
@@ -63,9 +66,7 @@ def main():
     run('scale the winner to 5 folds', ['thera-fit', *common, *([f'--{key}', value] if b_better else [])], out, rows)
     run('predict the 20,000 val images', ['thera-predict', '--models', folder, '--data', data, '--out', out/'label_val.txt'], out, rows)
     run('export to ONNX', ['thera-export', '--models', folder, '--out', out/'export'], out, rows)
-    frame = pd.DataFrame(rows)
-    frame.to_csv(out/'prototyping_loop.csv', index=False)
-    print(markdown(frame))
+    print(markdown(pd.DataFrame(rows)))
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, CPU flags: {cpu_flags()}")
 
 

@@ -69,7 +69,7 @@ def predict(models,  # A thera-fit run folder
             cache=None,  # Folder of the decoded image cache
             seed:int=TTA_SEED,  # Seed of the TTA augmentation: the same seed gives the same labels
             bars:bool=False,  # Progress bars
-            first:int=None,  # Only the first N images in file-name order (a quick look; None: all)
+            first:int=None,  # Only the first N images in file-name order (a quick look; their TTA draws differ from a full run's)
            ):  # One row per image: image, prob_fold<k>, vote_fold<k>, mean_prob, label (file-name order)
     "Each fold model predicts with TTA at its own threshold and the folds vote."
     from .cache import cached_images
