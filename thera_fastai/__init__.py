@@ -19,7 +19,7 @@ _EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', '
             'FitConfig': 'config', 'Runtime': 'config', 'RECIPES': 'config', 'TheraError': 'errors', 'error_rates': 'metrics',
             'hter': 'metrics', 'open_dataset': 'source', 'cached_images': 'cache', 'fold_rows': 'runs', 'read_oof': 'runs',
             'dataset_table': 'explore', 'sample_grid': 'explore', 'label_conflicts': 'explore',
-            'fold_splits': 'data', 'sample_rows': 'data', 'fold_dataloaders': 'data', 'thera_learner': 'learner',
+            'fold_splits': 'folds', 'sample_rows': 'folds', 'fold_dataloaders': 'data', 'thera_learner': 'learner',
             'top_losses': 'plots', 'plot_top_losses': 'plots', 'oof_saliency': 'saliency'}
 __all__ = list(_EXPORTS)
 

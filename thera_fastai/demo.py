@@ -48,8 +48,7 @@ def overlay(image, cam, size=SHOWN_PX, alpha=0.45):
 def classify(models, image, tta):
     """(label text, per-fold rows) for one picture (`to_model_image` makes it 64x64): each fold's P(clean), threshold,
     margin (P(clean) - threshold: how far the fold is from changing its vote) and vote, then the ensemble's vote."""
-    img = to_model_image(image)
-    probs, votes = predict_folds(models, img[None], tta)
+    probs, votes = predict_folds(models, to_model_image(image)[None], tta)
     final = int(vote(votes, probs, [m.threshold for m in models])[0])
     rows = [[f"fold {m.fold}", round(float(p[0]), 4), round(m.threshold, 4), round(float(p[0]) - m.threshold, 4), SHORT_NAMES[int(v[0])]]
             for m, p, v in zip(models, probs, votes)]
@@ -95,8 +94,9 @@ def demo_app(run, data=None, device='auto', n_examples=8):
     def predict(image):
         if image is None: return EMPTY, [], None
         try:
-            label, rows = classify(models, image, tta)
-            return label, rows, overlay(to_model_image(image), _ensemble_cam(models, to_model_image(image)))
+            img = to_model_image(image)
+            label, rows = classify(models, img, tta)   # (a 64x64 image passes through to_model_image unchanged)
+            return label, rows, overlay(img, _ensemble_cam(models, img))
         except TheraError as e: return f"Cannot classify this picture: {e}", [], None
 
     with gr.Blocks(title='thera_fastai demo') as app:

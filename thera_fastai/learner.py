@@ -21,8 +21,7 @@ from .runs import FOLD_FILE, WEIGHTS_FILE, check_fold_info, fold_rows
 from .models import create_model
 
 __all__ = ['TheraLearner', 'BalancedBCELoss', 'balanced_loss', 'step_schedule', 'thera_learner', 'weights_bytes', 'save_weights', 'load_weights',
-           'load_fold_learner', 'WEIGHTS_FILE', 'FOLD_FILE']
-
+           'load_fold_learner']
 
 
 class BalancedBCELoss(BaseLoss):

@@ -111,7 +111,8 @@ def check_fold_info(info, path):
     if len(stats) != 2 or any(not isinstance(c, list) or len(c) != IMAGE_SHAPE[2] or
                               not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in c) for c in stats):
         bad('stats', f"is not [means, stds] of {IMAGE_SHAPE[2]} numbers each")
-    if not all(isinstance(info.get(k), (int, float)) for k in ('fit_seconds', 'images_seen')): bad('fit_seconds', 'or images_seen is not a number')
+    for key in ('fit_seconds', 'images_seen'):
+        if isinstance(info.get(key), bool) or not isinstance(info.get(key), (int, float)): bad(key, 'is not a number')
     return info
 
 
