@@ -116,6 +116,15 @@ def test_audit_refuses_a_run_that_has_not_learned(flipped, tmp_path):
     assert not (tmp_path/'audit').exists()
 
 
+def test_an_audit_of_one_fold_covers_its_rows_and_says_the_others_are_not_audited(flipped, tmp_path):
+    import shutil
+    shutil.copytree(flipped[0], tmp_path/'one', ignore=shutil.ignore_patterns('fold1'))
+    a, issues = tf.audit(tmp_path/'one', tmp_path/'audit', n=2, device='cpu')
+    rows = set(pd.read_csv(tmp_path/'one'/'fold0'/'oof.csv')['row'])
+    assert a['folds'] == [0] and a['n_rows'] == len(rows) == 200 and set(issues['row']) <= rows
+    assert "from fold 0 of 2 (the other folds' rows are not audited)" in (tmp_path/'audit'/'audit.md').read_text()
+
+
 def test_audit_page_shows_no_grid_for_a_label_with_nothing_flagged():
     from thera_fastai.label_audit import audit_markdown
     a = dict(run='r', n_rows=10, folds=[0], n_flagged=1, flagged_by_label={0: 1, 1: 0}, rows_by_label={0: 3, 1: 7},
@@ -130,7 +139,7 @@ def test_audit_cli_prints_one_summary_and_one_line_errors(flipped, tmp_path):
     run, _ = flipped
     r = run_cli('thera-audit', '--models', run, '--out', tmp_path/'a', '--n', '2')
     assert r.returncode == 0, r.stderr
-    assert 'flagged of 400' in r.stdout and 'implied HTER floor' in r.stdout and (tmp_path/'a'/'label_issues.csv').exists()
+    assert 'flagged of 400 out-of-fold rows from folds 0, 1 (' in r.stdout and 'implied HTER floor' in r.stdout and (tmp_path/'a'/'label_issues.csv').exists()
     for args, msg in [(('--models', tmp_path/'nope'), 'run folder does not exist'), ((), '--models is required'),
                       (('--models', run, '--n', '-1'), '--n must be at least 0')]:
         r = run_cli('thera-audit', *args)

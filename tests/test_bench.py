@@ -20,7 +20,7 @@ def test_every_budget_candidate_is_a_valid_recipe_and_its_teacher_trains_first()
         teacher = over.get('distill')
         if teacher is not None:
             assert teacher.startswith('@') and teacher[1:] in names[:i], f"{name}: teacher {teacher} is not an earlier candidate"
-            assert cfg.distill == str(Path('runs')/teacher[1:])
+            assert cfg.distill == str((Path('runs')/teacher[1:]).absolute())
 
 
 def test_parse_variants_reads_names_and_typed_overrides():

@@ -76,3 +76,35 @@ def test_checksums_cover_every_chunk(tiny_folder, tmp_path):
     c = a.copy(); c.reshape(-1)[4096] ^= 1
     assert _chunk_crcs(b, chunk=4096)[:-1] == crcs[:-1] and _chunk_crcs(b, chunk=4096)[-1] != crcs[-1]
     assert _chunk_crcs(c, chunk=4096)[1] != crcs[1]
+
+
+_DECODER = """
+import sys, time, numpy as np
+import thera_fastai.cache as cache
+from thera_fastai.source import open_dataset
+if sys.argv[3] == 'stall':  # decodes, then hangs inside its write, holding the lock, until it is killed
+    decode = cache._decode_all
+    def stall(*a): decode(*a); open(sys.argv[4], 'w').close(); time.sleep(600)
+    cache._decode_all = stall
+arr = cache.cached_images(open_dataset(sys.argv[1]).train, sys.argv[2])
+np.save(sys.argv[4], np.asarray(arr))
+"""
+
+
+def test_a_decode_killed_with_others_waiting_is_done_by_one_of_them(tiny_folder, tmp_path):
+    import signal, subprocess, sys, time
+    def start(mode, out):
+        return subprocess.Popen([sys.executable, '-c', _DECODER, str(tiny_folder), str(tmp_path/'c'), mode, str(out)])
+    first = start('stall', tmp_path/'stalled')
+    for _ in range(600):
+        if (tmp_path/'stalled').exists(): break
+        time.sleep(0.1)
+    assert list((tmp_path/'c').glob('.*tmp')), 'the first process should be in the middle of its write'
+    waiters = [start('plain', tmp_path/f'got{i}.npy') for i in range(2)]
+    time.sleep(2)  # both wait on the lock
+    assert all(w.poll() is None for w in waiters)
+    first.send_signal(signal.SIGKILL); first.wait()
+    assert all(w.wait(timeout=120) == 0 for w in waiters)
+    want = np.array(cached_images(open_dataset(tiny_folder).train, tmp_path/'direct'))
+    assert all((np.load(tmp_path/f'got{i}.npy') == want).all() for i in range(2))
+    assert len(_npy(tmp_path/'c')) == 1 and not list((tmp_path/'c').glob('.*tmp'))  # the dead process's temporary file is gone

@@ -32,7 +32,9 @@ def _cli(monkeypatch, capsys, func, *args):
     code = 0
     pos = ['run'] if func is cli.report else None   # as its @call_parse(pos=...) declares
     parsed = vars(anno_parser(func.__wrapped__, pos=pos).parse_args(list(map(str, args))))
-    try: func.__wrapped__(**{k: v for k, v in parsed.items() if k in inspect.signature(func.__wrapped__).parameters})
+    params = inspect.signature(func.__wrapped__).parameters
+    star = [v for k, v in parsed.items() if params.get(k) and params[k].kind is inspect.Parameter.VAR_POSITIONAL]
+    try: func.__wrapped__(*(star[0] if star else ()), **{k: v for k, v in parsed.items() if k in params and not (star and params[k].kind is inspect.Parameter.VAR_POSITIONAL)})
     except SystemExit as e: code = e.code
     out, err = capsys.readouterr()
     return code, out, err
@@ -60,6 +62,7 @@ def _cli(monkeypatch, capsys, func, *args):
     (['--folds', 40], '--folds 40 is more than the'),
     (['--out', '/proc/forbidden/run'], 'cannot create the output folder'),
     (['--out', 'FILE/run'], 'cannot create the output folder (a file is in the way)'),
+    (['--out', 'FILE'], 'FILE: cannot create the output folder (a file is in the way)'),
     (['--cache', 'FILE/cache'], 'cannot create the cache folder (a file is in the way)'),
 ])
 def test_fit_bad_input_is_one_line_exit_2_and_writes_nothing(args, needle, tiny_folder, tmp_path, monkeypatch, capsys):
@@ -93,6 +96,7 @@ def test_predict_report_explore_bad_input(tiny_folder, tmp_path, monkeypatch, ca
              (cli.predict, ['--models', empty, '--data', tiny_folder, '--out', tmp_path/'no'/'l.txt'], 'output folder does not exist'),
              (cli.predict, ['--models', empty, '--data', tiny_folder, '--tta', -1], '--tta must be 0 or more (got -1)'),
              (cli.report, [tmp_path/'nothing'], 'run folder does not exist'),
+             (cli.compare, [empty, empty], f'{empty}: no config.json: not a thera-fit output folder'),
              (cli.explore, ['--data', tiny_folder, '--n', 0, '--out', tmp_path/'e.png'], '--n must be at least 1 (got 0)')]
     (run/'fold0').mkdir(); (run/'fold0'/'fold.json').write_text('')
     for func, args, needle in cases:
@@ -271,3 +275,25 @@ def test_real_slice_fit_and_predict(real_slice, tmp_path):
     assert res.returncode == 0, res.stderr
     labels = (tmp_path/'label_val.txt').read_text().splitlines()
     assert len(labels) == 50 and set(labels) <= {'0', '1'}
+
+
+@pytest.mark.slow
+def test_paths_with_spaces_and_non_ascii_characters_go_through_the_whole_loop(tmp_path):
+    pytest.importorskip('onnxruntime')
+    import shlex
+    import thera_fastai as tf
+    data, out = tmp_path/'dønnées é'/'data', tmp_path/'rü ns'/'x y'
+    write_dataset(data, n_train=64, n_val=6)
+    env = dict(THERA_CACHE=str(tmp_path/'cä che'))
+    tf.fit(data, out, arch='simple', folds=2, epochs=1, bs=16, tta=0, precision='fp32', cache=env['THERA_CACHE'], log=lambda *_: None)
+    labels = tmp_path/'rü ns'/'lab é.txt'
+    r = run_cli('thera-predict', '--models', out, '--data', data, '--out', labels, '--tta', 0, env=env)
+    assert r.returncode == 0, r.stderr
+    assert len(labels.read_text().split()) == 6 and (tmp_path/'rü ns'/'lab é_votes.csv').exists()
+    r = run_cli('thera-export', '--models', out, '--out', tmp_path/'rü ns'/'exp ö', env=env)
+    assert r.returncode == 0, r.stderr
+    command = r.stdout.strip().split(': ', 1)[1].split(' (needs')[0]  # the command it prints, as a user pastes it
+    command = command.replace('IMAGES', shlex.quote(str(data/'val_img'))).replace('label_val.txt', shlex.quote(str(tmp_path/'ö.txt')))
+    r = subprocess.run(['bash', '-c', command.replace('python', shlex.quote(sys.executable), 1)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path/'ö.txt').read_text() == labels.read_text()

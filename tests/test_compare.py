@@ -188,7 +188,8 @@ def test_each_variant_lands_in_its_own_folder_and_compare_takes_them_all(tmp_pat
     assert default_out(make_config()) == Path('runs/airbench') and default_out(make_config(arch='simple')) == Path('runs/simple')
     assert default_out(make_config(lr=1e-3, epochs=5)) == Path('runs/airbench-epochs5-lr0.001')
     assert default_out(make_config(method='airbench', budget=600)) == Path('runs/airbench-methodairbench-budget10m')
-    long = default_out(make_config(exclude=str(tmp_path/'a'/'very'/'long'/'path'/'label_issues.csv'), ema=0.999))
+    assert default_out(make_config(exclude=str(tmp_path/'a'/'deep'/'label_issues.csv'))) == Path('runs/airbench-excludelabelissues')
+    long = default_out(make_config(exclude=str(tmp_path/'label_issues_of_the_whole_training_set.csv'), ema=0.999))
     assert long.name.startswith('airbench-') and len(long.name) == len('airbench-') + 8
     write_dataset(tmp_path/'data', n_train=64, n_val=4)
     monkeypatch.chdir(tmp_path)

@@ -113,6 +113,28 @@ def test_excluded_rows_never_reach_training_and_validation_is_unchanged(kind, da
     assert sorted(oof['row']) == sorted(valid)
 
 
+def test_a_run_is_the_same_run_whatever_path_names_its_exclude_file_and_teacher(data, tmp_path, monkeypatch):
+    tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, **FIT)
+    (tmp_path/'a').mkdir(); (tmp_path/'b').mkdir()
+    (tmp_path/'a'/'drop.txt').write_text('000001.jpg\n000002.jpg\n')
+    monkeypatch.chdir(tmp_path)
+    first = tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude='a/drop.txt', distill='teacher', **FIT)
+    assert first['config']['exclude'] == str(tmp_path/'a'/'drop.txt') and first['config']['distill'] == str(tmp_path/'teacher')
+    weights = (tmp_path/'run'/'fold0'/'model.safetensors').read_bytes()
+    (tmp_path/'b'/'rows.txt').write_text('1\n0\n')  # the same rows, named otherwise, in another file
+    (tmp_path/'teacher').rename(tmp_path/'b'/'teacher')  # the teacher moved: still the same run id
+    monkeypatch.chdir(tmp_path/'b')
+    again = tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(tmp_path/'b'/'rows.txt'), distill='teacher', **FIT)
+    assert again['run_id'] == first['run_id'] and (tmp_path/'run'/'fold0'/'model.safetensors').read_bytes() == weights
+    (tmp_path/'b'/'rows.txt').write_text('1\n2\n')  # other rows: another run
+    with pytest.raises(TheraError, match='another config'):
+        tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude='rows.txt', distill='teacher', **FIT)
+    (tmp_path/'b'/'teacher').rename(tmp_path/'teacher')
+    monkeypatch.chdir(tmp_path/'a')  # a notebook in another folder rebuilds the fold from the absolute paths saved
+    learn = tf.load_fold_learner(tmp_path/'run'/'fold0', data=data)
+    assert len(learn.dls.train_ds) == first['folds'][0]['n_train']
+
+
 def test_a_bad_exclude_file_is_one_line(data, tmp_path):
     path = tmp_path/'exclude.txt'
     path.write_text('000001.jpg\nnot-an-image.jpg\n')
@@ -124,3 +146,18 @@ def test_a_bad_exclude_file_is_one_line(data, tmp_path):
     pd.DataFrame(dict(image=['a'])).to_csv(tmp_path/'x.csv', index=False)
     with pytest.raises(TheraError, match="needs a 'row' or 'name' column"):
         tf.fit(data, tmp_path/'run', fold=0, epochs=1, exclude=str(tmp_path/'x.csv'), **FIT)
+
+
+class _Poison(Callback):
+    "Makes a weight infinite in the second epoch, as a learning rate that diverges does."
+    def before_batch(self):
+        if self.training and self.epoch == 1 and self.iter == 1:
+            with torch.no_grad(): next(self.learn.model.parameters()).fill_(float('inf'))
+
+
+def test_a_loss_that_is_not_finite_stops_the_fit_with_one_line_and_saves_no_model(data, tmp_path):
+    with pytest.raises(TheraError, match=r'fold 0: the training loss is (nan|inf) at epoch 1, step 1: the fit diverged'):
+        tf.fit(data, tmp_path/'run', fold=0, epochs=3, cbs=[_Poison()], **FIT)
+    fold = tmp_path/'run'/'fold0'
+    assert not (fold/'fold.json').exists() and not (fold/'model.safetensors').exists()
+    assert [p.name for p in fold.glob('ckpt-e*.pth')] == ['ckpt-e0.pth']  # the finite epoch is kept

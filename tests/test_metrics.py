@@ -1,5 +1,6 @@
 """HTER and friends follow the seed's convention: class 1 accepted, FAR on class 0, FRR on class 1."""
 import numpy as np
+import pytest
 import torch
 from sklearn.metrics import balanced_accuracy_score
 
@@ -46,3 +47,21 @@ def test_top_losses_titles_do_not_overlap_the_images_above(tmp_path, monkeypatch
     axes = np.array(fig.axes).reshape(2, 8)
     for top_ax, low_ax in zip(axes[0], axes[1]):
         assert low_ax.title.get_window_extent(r).y1 < top_ax.get_window_extent(r).y0   # second-row title below first-row image
+
+
+def test_the_roc_auc_and_threshold_agree_with_scikit_learn_ties_included():
+    from sklearn.metrics import roc_auc_score, roc_curve
+    from thera_fastai.metrics import auc, balanced_acc, roc_points
+    rng = np.random.default_rng(0)
+    for n, levels in ((50, 5), (400, 40), (1000, None)):   # few distinct values: many ties
+        t = (rng.random(n) > 0.3).astype(int)
+        p = rng.random(n) * 0.6 + 0.4 * t
+        if levels: p = np.round(p * levels) / levels
+        fpr, tpr, thr = roc_points(p, t)
+        sk_fpr, sk_tpr, sk_thr = roc_curve(t, p, drop_intermediate=False)
+        assert np.allclose(fpr, sk_fpr) and np.allclose(tpr, sk_tpr) and np.array_equal(thr[1:], sk_thr[1:]) and thr[0] == np.inf
+        assert auc(p, t) == pytest.approx(roc_auc_score(t, p), abs=1e-12)
+        i = int(np.argmin(sk_fpr + 1 - sk_tpr))
+        assert best_threshold(p, t) == min(sk_thr[i], 1.0)
+        assert balanced_acc(p, t, 0.5) == pytest.approx(balanced_accuracy_score(t, p >= 0.5), abs=1e-12)
+    assert np.isnan(auc([0.2, 0.7], [1, 1]))

@@ -1,12 +1,12 @@
 """Optuna sweeps: two workers share one study through a journal file; a bad trial is pruned; the best trial predicts."""
-import json, os, subprocess, sys
+import json, re, os, subprocess, sys
 from pathlib import Path
 
 import pytest
 
 from conftest import run_cli, write_dataset
 from thera_fastai.errors import TheraError
-from thera_fastai.sweep import DEFAULT_SPACE, _suggest, read_space
+from thera_fastai.sweep import DEFAULT_SPACE, _suggest, open_study, read_space
 
 pytest.importorskip('optuna')
 
@@ -69,3 +69,28 @@ def test_the_default_space_fits_data_smaller_than_its_sample_and_bad_fixed_value
     with pytest.raises(TheraError, match='--folds|folds must be'):
         sweep(tmp_path/'data', tmp_path/'sweep', trials=1, space={'folds': 1, 'lr': {'low': 1e-3, 'high': 1e-2}}, log=said.append)
     assert not (tmp_path/'sweep').exists()
+
+
+@pytest.mark.parametrize('storage, says', [
+    ('bogus://x', "cannot open the study storage bogus://x (NoSuchModuleError"),
+    ('{tmp}/missing/x.log', "No such file or directory"),
+    ('sqlite:///{tmp}/missing/x.db', "unable to open database file"),
+    ('plain-name', "is neither a database URL nor a .log/.journal file")])
+def test_a_bad_storage_is_one_line_and_leaves_no_folder(storage, says, tmp_path):
+    storage = storage.format(tmp=tmp_path)
+    with pytest.raises(TheraError, match=re.escape(says)) as e: open_study(tmp_path/'sweep', storage=storage)
+    assert e.value.param == 'storage' and not (tmp_path/'sweep').exists()
+
+
+@pytest.mark.parametrize('text, says', [
+    ('{"nosuch": 1}', "'nosuch' is not a fit parameter (known: arch,"),
+    ('{"lr": {"low": 0.1, "high": 0.01}}', "lr: low and high must be numbers with low <= high (got 0.1, 0.01)"),
+    ('{"lr": {"low": "a", "high": 1}}', "lr: low and high must be numbers"),
+    ('{"bs": {"choices": []}}', "bs: choices must be a non-empty list"),
+    ('{"bs": {"choices": 16}}', "bs: choices must be a non-empty list"),
+    ('lr: [a', "search space is not valid YAML (while parsing a flow sequence")])
+def test_a_malformed_space_file_is_one_line_naming_it(text, says, tmp_path):
+    path = tmp_path/('s.yaml' if text.startswith('lr:') else 's.json')
+    path.write_text(text)
+    with pytest.raises(TheraError, match=re.escape(says)) as e: read_space(path)
+    assert e.value.path == path and '\n' not in str(e.value)

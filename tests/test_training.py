@@ -72,6 +72,30 @@ def _conv_dtypes_in_fit(tmp_path, precision):
     return learn, seen
 
 
+@pytest.mark.parametrize('cut', ['before_batch', 'after_pred'])
+def test_a_batch_or_phase_cut_short_under_autocast_leaves_none_behind(cut, tmp_path):
+    # A budget's last epoch stops inside a batch (StopAtStep); an autocast entered and never left keeps its cache of the
+    # weights' bf16 copies, and every later fit of the process then trains on stale weights and learns nothing.
+    from fastai.callback.core import Callback, CancelBatchException
+    from thera_fastai.methods import StopAtStep
+    class _CutBatch(Callback):
+        order = 20
+        def after_pred(self):
+            if self.training and self.iter == 1: raise CancelBatchException()
+    labels = (np.random.default_rng(0).random(96) > 0.3).astype(np.int8)
+    tr, va = fold_splits(labels, 2)[0]
+    learn = thera_learner(fold_dataloaders(synthetic_images(labels), labels, tr, va, bs=16), FitConfig(arch='simple'), tmp_path,
+                          runtime={**FP32, 'precision': 'bf16'})
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-3, cbs=[StopAtStep(2) if cut == 'before_batch' else _CutBatch()])
+    assert not torch.is_autocast_enabled('cpu')
+    before = learn.model[0][0].weight.detach().clone()
+    with learn.no_bar(), learn.no_logging(): learn.fit(1, 1e-2)
+    conv, probe = learn.model[0][0], torch.randn(2, 3, 64, 64)
+    with torch.autocast('cpu', dtype=torch.bfloat16): got = conv(probe)  # the weights as they are now, not a cached copy
+    want = torch.nn.functional.conv2d(probe.bfloat16(), conv.weight.bfloat16(), None, conv.stride, conv.padding)
+    assert conv.bias is None and not torch.equal(before, conv.weight) and torch.allclose(got.float(), want.float(), atol=1e-2)
+
+
 def test_bf16_trains_under_autocast_with_fp32_weights(tmp_path):
     bf16, seen_bf16 = _conv_dtypes_in_fit(tmp_path, 'bf16')
     fp32, seen_fp32 = _conv_dtypes_in_fit(tmp_path, 'fp32')

@@ -72,7 +72,10 @@ def _epoch_seconds(learn, folder, batch_eval_s):
     return (t1 - t0) + max(time.perf_counter() - t1 - batch_eval_s, 0.0)
 
 
-def _is_speed(cb): return type(cb).__name__ in ('ChannelsLast', 'BF16Autocast', 'MixedPrecision')
+def _is_speed(cb):
+    from fastai.callback.channelslast import ChannelsLast
+    from fastai.callback.fp16 import MixedPrecision
+    return isinstance(cb, (ChannelsLast, MixedPrecision))
 
 
 @torch.no_grad()

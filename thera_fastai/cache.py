@@ -85,10 +85,13 @@ def _load_valid(npy, meta_path, key, n):
     return arr
 
 
+def _check_space(source, npy):
+    require_free_space(npy.parent, len(source) * int(np.prod(IMAGE_SHAPE)) + 4096, f"decode {len(source)} images into the cache")
+
+
 def _write_cache(source, npy, meta_path, key, n_threads, progress):
     shape = (len(source), *IMAGE_SHAPE)
-    n_bytes = int(np.prod(shape)) + 4096
-    require_free_space(npy.parent, n_bytes, f"decode {len(source)} images into the cache")
+    _check_space(source, npy)
 
     def write(tmp):
         out = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=shape)
@@ -123,7 +126,9 @@ def cached_images(source, cache_dir=None, n_threads=None, progress=None, log=Non
     seen = _stamp(npy)
     arr = _load_valid(npy, meta_path, key, len(source))
     if arr is not None: return arr
-    with FileLock(cache_dir/f"images-{key}.lock"):
+    lock = cache_dir/f"images-{key}.lock"
+    if not lock.exists(): _check_space(source, npy)  # refused before the lock file exists: a full disk keeps nothing of it
+    with FileLock(lock):
         clean_stale_temps(cache_dir)
         # Checked again only if another process wrote the cache while this one waited for the lock.
         arr = _load_valid(npy, meta_path, key, len(source)) if _stamp(npy) != seen else None

@@ -11,15 +11,33 @@ from fastai.callback.core import Callback
 from fastai.callback.fp16 import MixedPrecision
 
 from .distributed import is_main, world_size
+from .errors import TheraError
 from .files import atomic_write
 from .runs import read_history
 
-__all__ = ['BF16Autocast', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
+__all__ = ['ClosedAutocast', 'BF16Autocast', 'StopOnNonFinite', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
            'rng_states', 'set_rng_states']
 
 
-class BF16Autocast(MixedPrecision):
-    """fastai's `MixedPrecision` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
+class ClosedAutocast(MixedPrecision):
+    """fastai's `MixedPrecision`, which also leaves its autocast when a batch is cut short between entering it
+    (`before_batch`) and leaving it (`after_loss`): a cancelled batch or training phase (a budget's last epoch stops
+    inside one), or an error. An autocast never left keeps its cache of the weights' low-precision copies, and every
+    later step in the process would train on those stale copies."""
+    inside = False
+    def before_batch(self): super().before_batch(); self.inside = True
+    def after_loss(self): super().after_loss(); self.inside = False
+    def leave(self):
+        "Leaves the autocast if a batch entered it and never reached `after_loss`."
+        if self.inside: self.autocast.__exit__(None, None, None); self.inside = False
+    def after_cancel_batch(self): self.leave()
+    def after_cancel_train(self): self.leave()
+    def after_cancel_epoch(self): self.leave()
+    def after_cancel_fit(self): self.leave()
+
+
+class BF16Autocast(ClosedAutocast):
+    """`ClosedAutocast` in bfloat16 on the device the data is on (fastai's own autocasts CUDA only).
 
     Convolutions and linear layers run in bf16, the weights, loss and optimizer stay fp32; no gradient
     scaler is needed since bf16 has fp32's range."""
@@ -31,9 +49,20 @@ class BF16Autocast(MixedPrecision):
         self.learn.scaler, self.scales = torch.amp.GradScaler(device, enabled=False), []
 
 
+class StopOnNonFinite(Callback):
+    """Ends a fit whose training loss is not finite with one `TheraError`, before the step that would spread it to the
+    weights. Hand-written: fastai's `TerminateOnNaNCallback` cancels the fit, and the fold would then be saved as finished."""
+    order = 11  # after the autocast is left (MixedPrecision's after_loss, order 10), before the backward pass
+    def __init__(self, fold, folder): self.fold, self.folder = fold, folder
+    def after_loss(self):
+        if self.training and not torch.isfinite(self.learn.loss).all():
+            raise TheraError(f"fold {self.fold}: the training loss is {self.learn.loss.item()} at epoch {self.epoch}, step "
+                             f"{self.iter}: the fit diverged (a lower --lr?); nothing of this epoch is saved, earlier checkpoints are kept", self.folder)
+
+
 def speed_callbacks(channels_last=True, precision='fp32'):
     "The callbacks that decide how the model runs: channels-last memory layout, and bf16 or fp16 (CUDA, scaled) autocast."
-    amp = {'bf16': [BF16Autocast()], 'fp16': [MixedPrecision()]}.get(precision, [])
+    amp = {'bf16': [BF16Autocast()], 'fp16': [ClosedAutocast()]}.get(precision, [])
     return [ChannelsLast()] * bool(channels_last) + amp
 
 

@@ -2,7 +2,7 @@
 
 Defaults come from `FitConfig` and `Runtime` (declared once, in config.py); library errors name
 parameters, and are shown here with their flags."""
-import logging, os, sys, time, warnings
+import logging, os, shlex, sys, time, warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -270,7 +270,8 @@ def export(
         except ImportError: raise TheraError("needs onnx: pip install 'thera_fastai[export]'") from None
         from .export import export_run
         manifest = export_run(models, out, partial)
-        print(f"{plural(len(manifest['folds']), 'fold model')} exported to {out}: python {Path(out)/'predict.py'} {out} IMAGES "
+        q = shlex.quote  # the command is copied into a shell: paths with spaces stay one argument
+        print(f"{plural(len(manifest['folds']), 'fold model')} exported to {out}: python {q(str(Path(out)/'predict.py'))} {q(str(out))} IMAGES "
               f"--out label_val.txt (needs onnxruntime, numpy, and simplejpeg or Pillow)")
 
 
@@ -341,10 +342,11 @@ def audit(
         _quiet_third_party()
         Runtime(threads=threads).apply()
         from .api import audit as audit_run
+        from .label_audit import folds_of
         a, _ = audit_run(models, out, data=data, n=n, cache=cache, device=device)
         where = Path(out or Path(models)/'audit')
         nz = a['noise']
-        print(f"{plural(a['n_flagged'], 'label')} flagged of {a['n_rows']:,} ({a['flagged_by_label'][0]} labelled 0, "
+        print(f"{plural(a['n_flagged'], 'label')} flagged of {a['n_rows']:,} out-of-fold rows from {folds_of(a)} ({a['flagged_by_label'][0]} labelled 0, "
               f"{a['flagged_by_label'][1]} labelled 1); P(true 1 | given 0) {nz['p_true1_given0']:.4f}, "
               f"P(true 0 | given 1) {nz['p_true0_given1']:.4f}; implied HTER floor {nz['hter_floor']:.4f}; "
               f"run HTER {a['hter_all']:.4f} on all rows, {a['hter_unflagged']:.4f} on rows not flagged. Wrote {where/'audit.md'}")

@@ -109,8 +109,8 @@ class FitConfig:
         self.image_size = tuple(self.image_size)
         if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
-        for k in ('exclude', 'distill'):
-            if getattr(self, k) is not None: setattr(self, k, str(getattr(self, k)))
+        for k in ('exclude', 'distill'):  # absolute, so a notebook in another folder finds them
+            if getattr(self, k) is not None: setattr(self, k, os.path.abspath(os.path.expanduser(getattr(self, k))))
         self._check()
 
     def _set_hyp(self):

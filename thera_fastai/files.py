@@ -5,9 +5,9 @@ from pathlib import Path
 
 from .errors import TheraError
 
-__all__ = ['atomic_write', 'atomic_folder', 'file_mode', 'create_exclusive', 'make_folder', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space']
+__all__ = ['atomic_write', 'atomic_folder', 'file_mode', 'create_exclusive', 'make_folder', 'write_json', 'read_json', 'short_hash', 'file_hash', 'clean_stale_temps', 'require_free_space', 'os_reason']
 
-_TMP = re.compile(r'^\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.tmp$')
+_TMP = re.compile(r'^\.(?P<name>.+)\.(?P<host>[^.]+)-(?P<pid>\d+)\.[^.]+\.(tmp|tmpdir|old)$')
 
 
 def _umask():
@@ -23,11 +23,15 @@ def file_mode(folder=False):
 def _tmp_prefix(path): return f".{path.name}.{os.uname().nodename.replace('.', '_')}-{os.getpid()}."
 
 
+def os_reason(e):
+    "An OSError's cause in the words every message of the package uses (no space, no permission, read-only)."
+    return {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
+            errno.EACCES: 'permission denied', errno.EROFS: 'read-only file system'}.get(e.errno, e.strerror or str(e))
+
+
 def _space_error(e, path):
-    "An OSError while writing `path` as one clear TheraError (no space, no permission, read-only)."
-    reason = {errno.ENOSPC: 'no space left on the device', errno.EDQUOT: 'disk quota exceeded',
-              errno.EACCES: 'permission denied', errno.EROFS: 'read-only file system'}.get(e.errno, e.strerror or str(e))
-    return TheraError(f"cannot write ({reason})", path)
+    "An OSError while writing `path` as one clear TheraError."
+    return TheraError(f"cannot write ({os_reason(e)})", path)
 
 
 @contextmanager
@@ -48,9 +52,10 @@ def atomic_write(path, write):
 
     A killed process never leaves a half file under `path`; the temporary name carries the host and
     pid, so processes on several machines sharing a folder never collide, and `clean_stale_temps`
-    can tell a dead writer's leftovers from a live one's. A full disk or a permission problem
+    (run first) removes a dead writer's leftovers, never a live one's. A full disk or a permission problem
     becomes one `TheraError` naming `path`, with the temporary file removed."""
     path = Path(path)
+    if path.parent.is_dir(): clean_stale_temps(path.parent)  # what a writer killed here before left behind
     with _temp_beside(path) as tmp:
         write(tmp)
         os.replace(tmp, path)
@@ -64,6 +69,7 @@ def atomic_folder(path, what='output'):
     path = Path(path)
     if path.exists() and not path.is_dir(): raise TheraError(f"cannot create the {what} folder (a file is in the way)", path)
     make_folder(path.parent, what)
+    clean_stale_temps(path.parent)  # an earlier writer killed inside the block left its folder
     try: tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(path), suffix='.tmpdir', dir=path.parent))
     except OSError as e: raise _space_error(e, path) from None
     try:
@@ -98,7 +104,7 @@ def make_folder(path, what):
     path = Path(path)
     try: path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError): raise TheraError(f"cannot create the {what} folder (a file is in the way)", path) from None
-    except OSError as e: raise TheraError(f"cannot create the {what} folder ({e.strerror})", path) from None
+    except OSError as e: raise TheraError(f"cannot create the {what} folder ({os_reason(e)})", path) from None
     if not os.access(path, os.W_OK | os.X_OK): raise TheraError(f"{what} folder is not writable", path)
     return path
 
@@ -145,17 +151,21 @@ def _alive(pid):
 
 
 def clean_stale_temps(folder, min_age_s=3600):
-    """Removes temporary files in `folder` left by dead writers; returns their paths.
+    """Removes temporary files and folders (`atomic_folder`'s) in `folder` left by dead writers; returns their paths.
 
     A temporary file of this host is removed when its process is gone; one of another host (a shared
     folder) only when untouched for `min_age_s`, since its process cannot be asked."""
+    import shutil
     host, removed = os.uname().nodename.replace('.', '_'), []
-    for p in Path(folder).glob('.*.tmp'):
+    for p in Path(folder).glob('.*'):
         m = _TMP.match(p.name)
         if not m: continue
         try:
             stale = not _alive(int(m['pid'])) if m['host'] == host else time.time() - p.stat().st_mtime > min_age_s
-            if stale and int(m['pid']) != os.getpid(): p.unlink(); removed.append(p)
+            if not stale or int(m['pid']) == os.getpid(): continue
+            if p.is_dir(): shutil.rmtree(p)
+            else: p.unlink()
+            removed.append(p)
         except FileNotFoundError: pass
     return removed
 

@@ -1,7 +1,7 @@
 """Which rows a fit uses: the stratified sample, the K folds, the class weights of the sampler and the hash of it all.
-numpy and scikit-learn only, so the run format and the reports can be read without torch."""
+numpy and scikit-learn only, so the run format and the reports can be read without torch; scikit-learn is imported
+where a split is made, since the commands that only read runs start faster without it."""
 import numpy as np
-from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from .errors import TheraError
 from .files import short_hash
@@ -16,6 +16,7 @@ def fold_splits(labels, n_folds, seed=42):
     smallest = np.bincount(labels, minlength=2).min()
     if n_folds > smallest:
         raise TheraError(f"{n_folds} is more than the {smallest} images of the rarer class: each fold needs one", param='folds')
+    from sklearn.model_selection import StratifiedKFold
     skf = StratifiedKFold(n_folds, shuffle=True, random_state=seed)
     return list(skf.split(np.zeros(len(labels)), labels))
 
@@ -33,6 +34,7 @@ def sample_rows(labels, n, seed):
     if n is None or n == len(labels): return rows
     if n > len(labels): raise TheraError(f"{n} is larger than the {len(labels)} labelled images", param='sample')
     if n < 4: raise TheraError(f"{n} is too small to split into folds", param='sample')
+    from sklearn.model_selection import train_test_split
     sub, _ = train_test_split(rows, train_size=n, stratify=labels, random_state=seed)
     return np.sort(sub)
 

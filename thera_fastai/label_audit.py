@@ -68,7 +68,7 @@ def label_audit(run, data=None):
     keep = ~oof['row'].isin(issues['row']).to_numpy()
     p, t = oof['prob_tta'].to_numpy(), oof['label'].to_numpy()
     counts = issues['label'].value_counts()
-    out = dict(run=str(run), n_rows=len(oof), folds=sorted(int(k) for k in summary['folds']), n_flagged=len(issues),
+    out = dict(run=str(run), n_rows=len(oof), folds=sorted(int(k) for k in summary['folds']), n_folds=run_info['config']['folds'], n_flagged=len(issues),
                flagged_by_label={int(k): int(counts.get(k, 0)) for k in (0, 1)}, rows_by_label={int(k): int((t == k).sum()) for k in (0, 1)},
                noise=noise, hter_all=summary['pooled']['cross_fitted']['hter'], hter_all_05=summary['pooled']['at_05']['hter'],
                hter_unflagged_05=error_rates(p[keep], t[keep])['hter'],
@@ -76,12 +76,19 @@ def label_audit(run, data=None):
     return out, issues
 
 
+def folds_of(a):
+    "Which folds an audit covers; a partial run says that the rows of its other folds are not audited."
+    folds = f"fold{'s' * (len(a['folds']) > 1)} {', '.join(map(str, a['folds']))}"
+    n = a.get('n_folds', len(a['folds']))
+    return folds if len(a['folds']) == n else f"{folds} of {n} (the other folds' rows are not audited)"
+
+
 def audit_markdown(a):
     "The audit as a short Markdown page."
     n, fl = a['noise'], a['flagged_by_label']
     return '\n'.join([
         "# Label audit", "",
-        f"Run `{a['run']}`: {a['n_rows']:,} out-of-fold rows from folds {', '.join(map(str, a['folds']))}, each scored by the fold "
+        f"Run `{a['run']}`: {a['n_rows']:,} out-of-fold rows from {folds_of(a)}, each scored by the fold "
         "model that never trained on it. cleanlab (confident learning, prune by noise rate) flags "
         f"**{a['n_flagged']:,}** labels ({a['n_flagged'] / a['n_rows']:.2%}): {fl[0]:,} of {a['rows_by_label'][0]:,} labelled 0, "
         f"{fl[1]:,} of {a['rows_by_label'][1]:,} labelled 1 ([label_issues.csv](label_issues.csv)).", "",

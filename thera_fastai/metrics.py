@@ -7,7 +7,7 @@ from functools import partial
 
 import numpy as np
 
-__all__ = ['chance_warning', 'far', 'frr', 'hter', 'error_rates', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
+__all__ = ['chance_warning', 'far', 'frr', 'hter', 'error_rates', 'roc_points', 'best_threshold', 'balanced_acc', 'auc', 'HTER', 'FAR', 'FRR', 'BalancedAcc', 'AUC',
            'thera_metrics']
 
 
@@ -49,13 +49,23 @@ def error_rates(probs, targs, thresh=0.5):
                 balanced_acc=balanced_acc(probs, targs, thresh), auc=auc(probs, targs), threshold=float(thresh))
 
 
+def roc_points(probs, targs):
+    """(FAR, 1 - FRR, threshold) at every distinct threshold of "predict 1 when p >= threshold", highest first, from
+    (0, 0) at +inf: scikit-learn's `roc_curve` without dropping collinear points. Written here because importing
+    scikit-learn (and SciPy) is most of the start-up of the commands that only read a run's CSV files."""
+    p, t = _as_np(probs, targs)
+    order = np.argsort(-p, kind='mergesort')
+    p, t = p[order], t[order]
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # the last row of each run of equal probabilities
+    tps, fps = np.cumsum(t)[last], (last + 1) - np.cumsum(t)[last]
+    n_pos, n_neg = max(int(t.sum()), 1), max(int(len(t) - t.sum()), 1)
+    return np.r_[0, fps] / n_neg, np.r_[0, tps] / n_pos, np.r_[np.inf, p[last]]
+
+
 def best_threshold(probs, targs):
     "The threshold on P(class 1) that minimizes HTER over these rows (pick it on out-of-fold rows only)."
-    p, t = _as_np(probs, targs)
-    from sklearn.metrics import roc_curve  # here and below: a command that only prints its version needs no scikit-learn
-    fpr, tpr, thresholds = roc_curve(t, p)
-    # roc_curve's FPR is FAR and 1 - TPR is FRR at "predict 1 when p >= threshold".
-    i = int(np.argmin(fpr + (1 - tpr)))
+    far_, tpr, thresholds = roc_points(probs, targs)
+    i = int(np.argmin(far_ + (1 - tpr)))  # FAR + FRR: the first, highest threshold of a tie
     return float(min(thresholds[i], 1.0))
 
 
@@ -64,16 +74,15 @@ def _prob(logits): return 1 / (1 + np.exp(-np.asarray(logits, dtype=np.float64).
 
 def balanced_acc(probs, targs, thresh=0.5):
     "Balanced accuracy of predicting 1 when P(class 1) >= `thresh`: 1 - HTER."
-    p, t = _as_np(probs, targs)
-    from sklearn.metrics import balanced_accuracy_score
-    return float(balanced_accuracy_score(t, p >= thresh))
+    return 1 - hter(probs, targs, thresh)
 
 
 def auc(probs, targs):
     "ROC AUC of P(class 1); NaN when only one class is present."
     p, t = _as_np(probs, targs)
-    from sklearn.metrics import roc_auc_score
-    return float(roc_auc_score(t, p)) if len(np.unique(t)) == 2 else float('nan')
+    if len(np.unique(t)) != 2: return float('nan')
+    far_, tpr, _ = roc_points(p, t)
+    return float(np.sum(np.diff(far_) * (tpr[1:] + tpr[:-1]) / 2))  # the trapezoids: ties count half, as in roc_auc_score
 
 
 def _on_logits(func, preds, targs, **kwargs): return func(_prob(preds), targs, **kwargs)

@@ -45,12 +45,11 @@ def plot_history(histories, path):
 
 def plot_roc(probs, targs, threshold, path):
     "Pooled out-of-fold ROC as FAR vs 1-FRR, with the chosen threshold marked."
-    from sklearn.metrics import roc_auc_score, roc_curve
     plt = pyplot()
-    fpr, tpr, _ = roc_curve(targs, probs)
+    fpr, tpr, _ = metrics.roc_points(probs, targs)
     far, frr = metrics.far(probs, targs, threshold), metrics.frr(probs, targs, threshold)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot(fpr, tpr, label=f"ROC, AUC {roc_auc_score(targs, probs):.4f}")
+    ax.plot(fpr, tpr, label=f"ROC, AUC {metrics.auc(probs, targs):.4f}")
     ax.plot([far], [1 - frr], 'o', color='C3', label=f"threshold {threshold:.3f}: FAR {far:.3f}, FRR {frr:.3f}")
     ax.plot([0, 1], [0, 1], ':', color='grey')
     ax.set(xlabel='FAR (class 0 accepted)', ylabel='1 - FRR (class 1 accepted)', title='Pooled out-of-fold ROC')
@@ -61,8 +60,8 @@ def plot_roc(probs, targs, threshold, path):
 def plot_confusion(probs, targs, threshold, path):
     "Confusion matrix of the pooled out-of-fold predictions at `threshold`, counts and row shares."
     plt = pyplot()
-    from sklearn.metrics import confusion_matrix
-    cm = confusion_matrix(targs, probs >= threshold, labels=[0, 1])
+    t, predicted = np.asarray(targs).astype(int), (np.asarray(probs) >= threshold).astype(int)
+    cm = np.array([[np.sum((t == a) & (predicted == b)) for b in (0, 1)] for a in (0, 1)])
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.imshow(cm / cm.sum(1, keepdims=True), cmap='Blues', vmin=0, vmax=1)
     for t in (0, 1):

@@ -29,9 +29,13 @@ def read_history(path):
         raise TheraError(f"history is not a readable CSV ({e})", path) from None
 
 
-def run_id(cfg: FitConfig, dkey):
-    "The run's identity: a hash of what decides its result (the config and the data), never of how it runs."
-    return short_hash(cfg.to_dict(), dkey)
+def run_id(cfg: FitConfig, dkey, teacher_id=None):
+    """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
+    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id."""
+    identity = cfg.to_dict()
+    if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
+    if cfg.distill is not None: identity['distill'] = teacher_id
+    return short_hash(identity, dkey)
 
 
 def read_row_list(path, names):
@@ -75,7 +79,8 @@ def fold_rows(data, cfg, fold, cache=None):
 
 def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
-    return dict(run_id=run_id(cfg, dkey), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()), n_images=len(rows),
+    teacher_id = open_run(cfg.distill)['run_id'] if cfg.distill is not None else None
+    return dict(run_id=run_id(cfg, dkey, teacher_id), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()), n_images=len(rows),
                 versions=library_versions())
 
 

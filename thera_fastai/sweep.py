@@ -3,6 +3,7 @@
 Each trial is an ordinary run folder (`thera-fit`'s format), scored by its pooled out-of-fold HTER at the
 cross-fitted threshold, reported after every fold so a pruner stops a bad trial early."""
 import json
+from dataclasses import fields
 from pathlib import Path
 
 from .api import make_config
@@ -36,12 +37,23 @@ def read_space(path=None):
     try:
         import yaml
         space = yaml.safe_load(text) if path.suffix in ('.yaml', '.yml') else json.loads(text)
-    except Exception as e: raise TheraError(f"search space is not valid {path.suffix[1:].upper() or 'JSON'} ({e})", path) from None
+    except Exception as e: raise TheraError(f"search space is not valid {path.suffix[1:].upper() or 'JSON'} ({' '.join(str(e).split())})", path) from None
     if not isinstance(space, dict) or not space: raise TheraError("search space must be a non-empty mapping of parameter to range", path)
-    for name, spec in space.items():
-        if isinstance(spec, dict) and not ({'low', 'high'} <= set(spec) or 'choices' in spec):
-            raise TheraError(f"{name}: a searched value needs low and high, or choices", path)
+    for name, spec in space.items(): _check_spec(name, spec, path)
     return space
+
+
+def _check_spec(name, spec, path):
+    "One entry of a space file: a FitConfig field, fixed or searched over a numeric range or a list of choices."
+    from .config import FitConfig
+    known = [f.name for f in fields(FitConfig)]
+    if name not in known: raise TheraError(f"{name!r} is not a fit parameter (known: {', '.join(known)})", path)
+    if not isinstance(spec, dict): return
+    if 'choices' in spec:
+        if not isinstance(spec['choices'], list) or not spec['choices']: raise TheraError(f"{name}: choices must be a non-empty list", path)
+    elif not {'low', 'high'} <= set(spec): raise TheraError(f"{name}: a searched value needs low and high, or choices", path)
+    elif not all(isinstance(spec[k], (int, float)) and not isinstance(spec[k], bool) for k in ('low', 'high')) or spec['low'] > spec['high']:
+        raise TheraError(f"{name}: low and high must be numbers with low <= high (got {spec['low']!r}, {spec['high']!r})", path)
 
 
 def fit_space(space, n_labelled, log=print):
@@ -81,10 +93,17 @@ def _storage(storage, out):
 def open_study(out, study='thera', storage=None):
     "The study named `study` in `storage` (created if new), minimizing HTER, with a median pruner over folds."
     import optuna
+    made = not Path(out).exists()
     Path(out).mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    return optuna.create_study(study_name=study, storage=_storage(storage, out), direction='minimize', load_if_exists=True,
-                               pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    try:
+        return optuna.create_study(study_name=study, storage=_storage(storage, out), direction='minimize', load_if_exists=True,
+                                   pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0))
+    except Exception as e:  # the drivers' many error types (SQLAlchemy's, the file system's) all mean the same here
+        if made and not any(Path(out).iterdir()): Path(out).rmdir()  # a refused sweep leaves no folder behind
+        if isinstance(e, TheraError): raise
+        reason = ' '.join(str(e).split('(Background on this error')[0].split())
+        raise TheraError(f"cannot open the study storage {storage} ({type(e).__name__}: {reason})", param='storage') from None
 
 
 def _objective(data, out, space, fit_kwargs, prune_above):

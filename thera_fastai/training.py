@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from fastai.torch_core import set_seed
 
-from .callbacks import EpochCheckpoint, HistoryCSV, checkpoints, load_checkpoint, resume_callbacks
+from .callbacks import ClosedAutocast, EpochCheckpoint, HistoryCSV, StopOnNonFinite, checkpoints, load_checkpoint, resume_callbacks
 from .config import FitConfig, library_versions
 from .data import fold_dataloaders, image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
@@ -83,14 +83,17 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
     soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device']) if cfg.distill and not finished else None
     extra = list(cbs or [])
-    cbs = [HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan),
+    cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan),
            *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(images))]
     resume_callbacks(cbs, rng)
     cbs += extra
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t_fit = time.time()
     with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.seed, fold):
-        _fit(learn, cfg, start, cbs, plan)
+        try: _fit(learn, cfg, start, cbs, plan)
+        finally:  # an error inside a batch (Ctrl-C, a diverged loss) must not leave the process in autocast either
+            for cb in learn.cbs:
+                if isinstance(cb, ClosedAutocast): cb.leave()
     fit_s = time.time() - t_fit
     if world_size() > 1: log(f"fold {fold}, rank {rank()} of {world_size()}: weights {short_hash(weights_bytes(learn.model))}")
     if not is_main(): barrier(); return None

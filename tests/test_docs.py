@@ -1,0 +1,24 @@
+"""The docs' claims that name a test point at one that exists, so a table row cannot outlive the check behind it."""
+import ast, re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tests_in(path):
+    "Names of the test functions defined at the top level of a test file."
+    return {n.name for n in ast.parse(path.read_text()).body if isinstance(n, ast.FunctionDef) and n.name.startswith('test_')}
+
+
+@pytest.mark.parametrize('doc', ['docs/reliability.md', 'README.md', 'docs/design.md'])
+def test_every_test_a_doc_names_exists(doc):
+    text = (ROOT/doc).read_text()
+    named, last_file = [], None
+    for file, name in re.findall(r'`(?:tests/)?(test_\w+\.py)?(?:::)?(test_\w+)`', text):  # `file.py::name`, or `name` of the file before
+        last_file = file or last_file
+        if last_file: named.append((last_file, name))
+    missing = [f"{f}::{n}" for f, n in named if not (ROOT/'tests'/f).exists() or n not in _tests_in(ROOT/'tests'/f)]
+    assert not missing, f"{doc} names tests that do not exist: {missing}"
+    if doc == 'docs/reliability.md': assert len(named) >= 40
