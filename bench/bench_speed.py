@@ -13,12 +13,12 @@ warnings.filterwarnings('ignore')
 from fastai.torch_core import set_seed  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-from thera_fastai.cache import cached_images  # noqa: E402
-from thera_fastai.data import fold_dataloaders, fold_splits, images_dl  # noqa: E402
-from thera_fastai.inference import predict_probs  # noqa: E402
-from thera_fastai.source import open_dataset  # noqa: E402
+from thera_fastai.data.cache import cached_images  # noqa: E402
+from thera_fastai.data.loaders import fold_dataloaders, fold_splits, images_dl  # noqa: E402
+from thera_fastai.infer.inference import predict_probs  # noqa: E402
+from thera_fastai.data.source import open_dataset  # noqa: E402
 from thera_fastai.config import FitConfig, native_bf16  # noqa: E402
-from thera_fastai.learner import thera_learner  # noqa: E402
+from thera_fastai.train.learner import thera_learner  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 

@@ -16,11 +16,11 @@ import torch  # noqa: E402
 from fastai.callback.core import Callback, CancelFitException  # noqa: E402
 
 import thera_fastai as tf  # noqa: E402
-from thera_fastai.comparison import comparison_markdown, write_comparison  # noqa: E402
-from thera_fastai.data import fold_dataloaders, image_stats  # noqa: E402
-from thera_fastai.learner import thera_learner  # noqa: E402
-from thera_fastai.levers import ProgressiveResize  # noqa: E402
-from thera_fastai.runs import fold_rows  # noqa: E402
+from thera_fastai.analysis.comparison import comparison_markdown, write_comparison  # noqa: E402
+from thera_fastai.data.loaders import fold_dataloaders, image_stats  # noqa: E402
+from thera_fastai.train.learner import thera_learner  # noqa: E402
+from thera_fastai.train.levers import ProgressiveResize  # noqa: E402
+from thera_fastai.data.rows import fold_rows  # noqa: E402
 from recipe_study import parse_variants  # noqa: E402
 
 CANDIDATES = ('simple:arch="simple";simple-resize32:arch="simple",resize_from=32;simple-ema:arch="simple",ema=0.99;'

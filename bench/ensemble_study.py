@@ -17,17 +17,17 @@ from pathlib import Path
 import numpy as np
 
 warnings.filterwarnings('ignore')
-from thera_fastai.cache import cached_images  # noqa: E402
-from thera_fastai.data import fold_splits  # noqa: E402
+from thera_fastai.data.cache import cached_images  # noqa: E402
+from thera_fastai.data.loaders import fold_splits  # noqa: E402
 from thera_fastai.files import short_hash  # noqa: E402
-from thera_fastai.ensemble import FoldModel, predict_folds, vote  # noqa: E402
+from thera_fastai.infer.ensemble import FoldModel, predict_folds, vote  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
-from thera_fastai.source import open_dataset  # noqa: E402
+from thera_fastai.data.source import open_dataset  # noqa: E402
 from thera_fastai.config import FitConfig, Runtime  # noqa: E402
-from thera_fastai.data import sample_rows  # noqa: E402
-from thera_fastai.learner import load_fold_learner  # noqa: E402
+from thera_fastai.data.loaders import sample_rows  # noqa: E402
+from thera_fastai.train.learner import load_fold_learner  # noqa: E402
 from thera_fastai.runs import fold_done  # noqa: E402
-from thera_fastai.training import train_fold  # noqa: E402
+from thera_fastai.train.training import train_fold  # noqa: E402
 
 
 def train_members(images, labels, train_rows, cfg, out, members, runtime=None, only=None):
@@ -80,7 +80,7 @@ def main():
     singles = [error_rates(p, targs, m.threshold) for p, m in zip(probs, models)]
     for k, s in enumerate(singles): print(row(f"member {k} at its threshold {models[k].threshold:.3f}", s))
     print(row("members, mean of the above", {c: np.mean([s[c] for s in singles]) for c in ('hter', 'far', 'frr', 'auc')}))
-    final = vote(votes, probs, thresholds)
+    final = vote(probs, thresholds)
     print(row("majority vote at the members' thresholds (thera-predict)",
               error_rates(final.astype(float), targs) | dict(auc=error_rates(probs.mean(0), targs)['auc'])))
     print(row("mean probability at 0.5", error_rates(probs.mean(0), targs)))

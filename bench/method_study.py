@@ -16,7 +16,7 @@ import pandas as pd  # noqa: E402
 
 import thera_fastai as tf  # noqa: E402
 from thera_fastai.cli import parse_duration  # noqa: E402
-from thera_fastai.comparison import write_comparison  # noqa: E402
+from thera_fastai.analysis.comparison import write_comparison  # noqa: E402
 from thera_fastai.runs import fold_done, fold_dir, open_run  # noqa: E402
 from recipe_study import parse_variants  # noqa: E402
 

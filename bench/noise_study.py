@@ -9,9 +9,9 @@ import argparse, warnings
 warnings.filterwarnings('ignore')
 import pandas as pd  # noqa: E402
 
-from thera_fastai.comparison import recipe_text  # noqa: E402
+from thera_fastai.analysis.comparison import recipe_text  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
-from thera_fastai.report import cross_fitted_hter, run_summary  # noqa: E402
+from thera_fastai.analysis.report import cross_fitted_hter, run_summary  # noqa: E402
 
 
 def scores(run, flagged, fold=None):

@@ -12,12 +12,12 @@ import numpy as np
 import pandas as pd
 
 warnings.filterwarnings('ignore')
-from thera_fastai.cache import cached_images  # noqa: E402
+from thera_fastai.data.cache import cached_images  # noqa: E402
 import thera_fastai as tf  # noqa: E402
-from thera_fastai.data import images_dl  # noqa: E402
-from thera_fastai.inference import predict_probs  # noqa: E402
+from thera_fastai.data.loaders import images_dl  # noqa: E402
+from thera_fastai.infer.inference import predict_probs  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
-from thera_fastai.source import open_dataset  # noqa: E402
+from thera_fastai.data.source import open_dataset  # noqa: E402
 
 VARIANTS = ('baseline:;no-flip:flip=False;plain+threshold:balance="none";loss-weighting:balance="loss";'
             'label-smoothing-0.1:label_smoothing=0.1;seed-recipe(Adam 1e-4 StepLR):schedule="step",lr=1e-4;'

@@ -19,7 +19,7 @@ def commands(a, b, out):
     py = str(BIN/'python')
     return [('import thera_fastai.config', [py, '-c', 'import thera_fastai.config']),
             ('import thera_fastai.cli (every command\'s module)', [py, '-c', 'import thera_fastai.cli']),
-            ('import thera_fastai.learner (torch, fastai, timm)', [py, '-c', 'import thera_fastai.learner']),
+            ('import thera_fastai.train.learner (torch, fastai, timm)', [py, '-c', 'import thera_fastai.train.learner']),
             ('thera-report --version', [str(BIN/'thera-report'), '--version']),
             ('thera-report RUN', [str(BIN/'thera-report'), a]),
             ('thera-compare RUN RUN --n 0 --boot 200', [str(BIN/'thera-compare'), a, b, '--n', '0', '--boot', '200', '--out', str(out/'cmp')])]

@@ -6,9 +6,9 @@ import torch
 from torch import nn
 
 import thera_fastai as tf
-from conftest import jpeg, run_cli, synthetic_images, write_dataset
+from conftest import jpeg, run_cli, synthetic_images
 from thera_fastai.errors import TheraError
-from thera_fastai.saliency import cam_layer, grad_cam
+from thera_fastai.analysis.saliency import cam_layer, grad_cam
 
 FIT = dict(arch='simple', bs=32, tta=0, precision='fp32', log=lambda *_: None)
 
@@ -63,7 +63,6 @@ def test_grad_cam_peaks_on_the_marked_region(tmp_path):
     learn = tf.load_fold_learner(tmp_path/'run'/'fold0')
     convs = [m for m in learn.model.modules() if isinstance(m, nn.Conv2d)]
     assert cam_layer(learn.model) is convs[2]  # the second block's last conv, at 32x32
-    test_labels = np.zeros(24, int)
     test = rng.integers(90, 200, (24, 64, 64, 3), dtype=np.uint8)
     where = rng.integers(0, 44, (24, 2))
     for img, (y, x) in zip(test, where): img[y:y + 20, x:x + 20] //= 4
@@ -126,7 +125,7 @@ def test_an_audit_of_one_fold_covers_its_rows_and_says_the_others_are_not_audite
 
 
 def test_audit_page_shows_no_grid_for_a_label_with_nothing_flagged():
-    from thera_fastai.label_audit import audit_markdown
+    from thera_fastai.analysis.label_audit import audit_markdown
     a = dict(run='r', n_rows=10, folds=[0], n_flagged=1, flagged_by_label={0: 1, 1: 0}, rows_by_label={0: 3, 1: 7},
              noise=dict(p_true1_given0=0.1, p_true0_given1=0.0, p_given1_true0=0.1, p_given0_true1=0.0, hter_floor=0.05),
              hter_all=0.1, hter_all_05=0.1, hter_unflagged=0.05, hter_unflagged_05=0.05)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import jpeg
-from thera_fastai.cache import cached_images
-from thera_fastai.source import open_dataset
+from thera_fastai.data.cache import cached_images
+from thera_fastai.data.source import open_dataset
 
 
 def _npy(cache_dir): return sorted(p for p in cache_dir.glob('images-*.npy'))
@@ -68,7 +68,7 @@ def test_cache_of_an_older_version_is_still_trusted(tiny_folder, tmp_path):
 
 
 def test_checksums_cover_every_chunk(tiny_folder, tmp_path):
-    from thera_fastai.cache import _chunk_crcs
+    from thera_fastai.data.cache import _chunk_crcs
     a = np.array(cached_images(open_dataset(tiny_folder).train, tmp_path/'c'))
     crcs = _chunk_crcs(a, chunk=4096)
     assert len(crcs) == -(-a.size // 4096)
@@ -80,8 +80,8 @@ def test_checksums_cover_every_chunk(tiny_folder, tmp_path):
 
 _DECODER = """
 import sys, time, numpy as np
-import thera_fastai.cache as cache
-from thera_fastai.source import open_dataset
+import thera_fastai.data.cache as cache
+from thera_fastai.data.source import open_dataset
 if sys.argv[3] == 'stall':  # decodes, then hangs inside its write, holding the lock, until it is killed
     decode = cache._decode_all
     def stall(*a): decode(*a); open(sys.argv[4], 'w').close(); time.sleep(600)

@@ -26,6 +26,25 @@ def test_fit_flags_cover_the_config_with_its_defaults():
         if f.name != 'channels_last': assert params[f.name].default == f.default
 
 
+def test_every_command_the_api_and_the_modules_share_one_default_per_flag():
+    from thera_fastai import api
+    from thera_fastai.analysis.comparison import write_comparison
+    from thera_fastai.analysis.explore import explore_dataset
+    from thera_fastai.analysis.label_audit import write_audit
+    from thera_fastai.infer.demo import serve
+    from thera_fastai.train.sweep import sweep
+    def defaults(f): return {k: p.default for k, p in inspect.signature(getattr(f, '__wrapped__', f)).parameters.items() if p.default is not p.empty}
+    pairs = [(cli.explore, api.explore), (cli.compare, api.compare), (cli.audit, api.audit), (cli.predict, api.predict),
+             (api.explore, explore_dataset), (api.compare, write_comparison), (api.audit, write_audit), (cli.sweep, sweep), (cli.demo, serve)]
+    checked = 0
+    for a, b in pairs:
+        da, db = defaults(a), defaults(b)
+        for name in (set(da) & set(db)) - {'out', 'version'}:  # a command's --out is a file where the library takes a folder
+            assert da[name] == db[name], (a.__name__, b.__module__, name, da[name], db[name]); checked += 1
+    assert checked >= 12
+    assert defaults(cli.compare)['boot'] == defaults(api.compare)['n_boot']
+
+
 def _cli(monkeypatch, capsys, func, *args):
     "Runs a console script in this process, its arguments parsed as call_parse does; returns (exit code, stdout, stderr)."
     from fastcore.script import anno_parser
@@ -170,8 +189,8 @@ def test_predict_writes_labels_in_file_name_order_and_repeats_itself(trained, tm
 
 @slow
 def test_fold_rebuilt_in_a_fresh_process_predicts_within_1e6(trained):
-    code = ("import sys, numpy as np, pandas as pd, thera_fastai as tf; from thera_fastai.data import images_dl; "
-            "from thera_fastai.inference import predict_probs; oof = pd.read_csv(sys.argv[1] + '/fold0/oof.csv'); "
+    code = ("import sys, numpy as np, pandas as pd, thera_fastai as tf; from thera_fastai.data.loaders import images_dl; "
+            "from thera_fastai.infer.inference import predict_probs; oof = pd.read_csv(sys.argv[1] + '/fold0/oof.csv'); "
             "learn = tf.load_fold_learner(sys.argv[1] + '/fold0'); "
             "imgs = tf.cached_images(tf.open_dataset(sys.argv[2]).train)[oof['row'].to_numpy()]; "
             "print(np.abs(predict_probs(learn, images_dl(learn.dls, imgs)) - oof['prob'].to_numpy()).max())")

@@ -9,8 +9,8 @@ import pytest
 
 import thera_fastai as tf
 from conftest import run_cli, write_dataset
-from thera_fastai.agreement import error_agreement
-from thera_fastai.comparison import minutes_to_reach, recipe_text
+from thera_fastai.analysis.agreement import error_agreement
+from thera_fastai.analysis.comparison import minutes_to_reach, recipe_text
 from thera_fastai.errors import TheraError
 from thera_fastai.files import file_hash
 

@@ -5,7 +5,7 @@ import torch
 from fastai.torch_core import TensorCategory, TensorImage, set_seed
 
 from conftest import synthetic_images
-from thera_fastai.data import class_weights, fold_dataloaders, fold_splits, images_dl, shift_mat
+from thera_fastai.data.loaders import class_weights, fold_dataloaders, fold_splits, images_dl, shift_mat
 from thera_fastai.errors import TheraError
 
 

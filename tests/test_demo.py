@@ -98,10 +98,10 @@ def test_bad_run_folder_is_one_line(tmp_path):
 
 
 def test_classify_explains_the_vote_and_each_folds_margin(tmp_path):
-    from thera_fastai.demo import classify, explain, overlay, to_model_image
+    from thera_fastai.infer.demo import classify, explain, overlay, to_model_image
     write_dataset(tmp_path/'data', n_train=96, n_val=4)
     tf.fit(tmp_path/'data', tmp_path/'run', arch='simple', folds=2, epochs=1, bs=16, tta=0, precision='fp32', log=lambda *_: None)
-    from thera_fastai.ensemble import load_fold_models
+    from thera_fastai.infer.ensemble import load_fold_models
     models, _ = load_fold_models(tmp_path/'run', 'cpu')
     from PIL import Image
     img = np.asarray(Image.open(tmp_path/'data'/'val_img'/'000001.jpg'))

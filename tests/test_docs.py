@@ -22,3 +22,12 @@ def test_every_test_a_doc_names_exists(doc):
     missing = [f"{f}::{n}" for f, n in named if not (ROOT/'tests'/f).exists() or n not in _tests_in(ROOT/'tests'/f)]
     assert not missing, f"{doc} names tests that do not exist: {missing}"
     if doc == 'docs/reliability.md': assert len(named) >= 40
+
+
+@pytest.mark.parametrize('doc', ['README.md', *(str(p.relative_to(ROOT)) for p in sorted((ROOT/'docs').glob('*.md'))), 'bench/README.md'])
+def test_every_image_and_page_a_doc_links_to_exists(doc):
+    text = (ROOT/doc).read_text()
+    links = re.findall(r'\]\(([^)#\s]+)(?:#[^)]*)?\)', text)
+    local = [l for l in links if '://' not in l and not l.startswith('mailto:')]
+    missing = [l for l in local if not ((ROOT/doc).parent/l).exists()]
+    assert not missing, f"{doc} links to files that do not exist: {missing}"

@@ -2,7 +2,7 @@
 import matplotlib.image as mpimg
 import numpy as np
 
-from thera_fastai.explore import sample_grid
+from thera_fastai.analysis.explore import sample_grid
 
 
 def test_sample_grid_wraps_many_images_into_rows(tmp_path):

@@ -11,7 +11,7 @@ pytest.importorskip('onnx')
 from conftest import write_dataset, zip_folder  # noqa: E402
 import thera_fastai as tf  # noqa: E402
 from thera_fastai.errors import TheraError  # noqa: E402
-from thera_fastai.export import export_run  # noqa: E402
+from thera_fastai.infer.export import export_run  # noqa: E402
 from thera_fastai.files import file_mode  # noqa: E402
 
 NO_TORCH = ("import sys, runpy; sys.modules.update(torch=None, fastai=None, thera_fastai=None); "
@@ -68,7 +68,7 @@ def test_exported_predictor_bad_input_is_one_line_exit_2_and_writes_nothing(expo
 
 
 def test_an_export_that_fails_part_way_leaves_no_folder(exported, tmp_path, monkeypatch):
-    import thera_fastai.export as export
+    import thera_fastai.infer.export as export
     root, _ = exported
     def full_disk(*args, **kwargs): raise OSError(28, 'No space left on device')
     monkeypatch.setattr(export.shutil, 'copyfile', full_disk)   # the last file of the export

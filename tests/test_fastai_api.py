@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import thera_fastai as tf
-from thera_fastai.data import CachedImages
+from thera_fastai.data.loaders import CachedImages
 
 FIT = dict(arch='simple', folds=2, epochs=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 

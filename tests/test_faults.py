@@ -1,7 +1,6 @@
 """A full disk: one clear error naming the path, no traceback, no temporary file left; stale temporary files cleaned."""
 import os, subprocess
 
-import numpy as np
 import pytest
 
 from conftest import run_cli, write_dataset
@@ -32,7 +31,7 @@ def read_only(tmp_path):
 
 
 def test_every_output_on_a_read_only_file_system_is_one_line(read_only, tmp_path):
-    from thera_fastai.export import export_run
+    from thera_fastai.infer.export import export_run
     write_dataset(tmp_path/'data', n_train=200, n_val=6)
     tf.fit(tmp_path/'data', tmp_path/'run', arch='simple', folds=2, epochs=3, bs=16, tta=0, precision='fp32', log=lambda *_: None)
     ro = read_only
@@ -73,7 +72,7 @@ def test_a_run_folder_that_fills_up_during_the_fit_is_one_error(small_disk, tmp_
 
 def test_memory_mapped_cache_reserves_its_blocks_first(tmp_path, monkeypatch):
     "A sparse memory-mapped file on a full disk ends in SIGBUS: the blocks are reserved, and a refusal is an error."
-    import errno, thera_fastai.cache as cache
+    import errno, thera_fastai.data.cache as cache
     write_dataset(tmp_path/'data', n_train=20, n_val=4)
     def no_space(fd, offset, length): raise OSError(errno.ENOSPC, 'No space left on device')
     monkeypatch.setattr(cache.os, 'posix_fallocate', no_space)

@@ -6,10 +6,10 @@ import numpy as np
 from fastai.torch_core import set_seed
 
 from conftest import synthetic_images
-from thera_fastai.data import fold_dataloaders, fold_splits
-from thera_fastai.inference import predict_probs
+from thera_fastai.data.loaders import fold_dataloaders, fold_splits
+from thera_fastai.infer.inference import predict_probs
 from thera_fastai.config import FitConfig
-from thera_fastai.learner import thera_learner
+from thera_fastai.train.learner import thera_learner
 
 
 def _learner(tmp_path, fast):

@@ -8,7 +8,7 @@ from fastai.callback.core import Callback
 
 import thera_fastai as tf
 from thera_fastai.errors import TheraError
-from thera_fastai.learner import BalancedBCELoss
+from thera_fastai.train.learner import BalancedBCELoss
 
 FIT = dict(arch='simple', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 
@@ -37,9 +37,9 @@ def test_progressive_resizing_trains_small_first_then_full_size(data, tmp_path):
 
 
 def test_ema_weights_are_what_the_fold_keeps_and_resume_keeps_them(data, tmp_path, monkeypatch):
-    ref = tf.fit(data, tmp_path/'ref', fold=0, epochs=3, ema=0.9, **FIT)
+    tf.fit(data, tmp_path/'ref', fold=0, epochs=3, ema=0.9, **FIT)
     from safetensors.torch import load_file
-    from thera_fastai.levers import WeightEMA
+    from thera_fastai.train.levers import WeightEMA
     cbs = []
     monkeypatch.setattr(WeightEMA, 'after_fit', lambda self: (cbs.append({k: v.clone() for k, v in self.learn.model.state_dict().items()}),
                                                                self.learn.model.load_state_dict(self.ema.module.state_dict())))
@@ -68,7 +68,7 @@ def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold(data
     assert targets.dtype == torch.float32 and ((targets > 0) & (targets < 1)).all()  # probabilities, not 0/1 labels
     teacher = tf.load_fold_learner(tmp_path/'teacher'/'fold0')
     images, labels, tr, va = tf.fold_rows(data, tf.FitConfig(**{k: v for k, v in s['config'].items() if k != 'distill'}), 0)
-    from thera_fastai.ensemble import FoldModel
+    from thera_fastai.infer.ensemble import FoldModel
     expected = FoldModel(0, teacher, 0.5).predict(images[tr], tta=0)
     assert np.abs(targets.numpy()[:, None] - expected[None, :]).min(1).max() < 1e-5
 

@@ -10,13 +10,13 @@ from safetensors.torch import load_file
 
 import thera_fastai as tf
 from conftest import synthetic_images, write_dataset
-from thera_fastai.budget import eval_seconds, plan_steps
+from thera_fastai.train.budget import eval_seconds, plan_steps
 from thera_fastai.cli import parse_duration, parse_hyp
 from thera_fastai.config import AIRBENCH, FitConfig
 from thera_fastai.errors import TheraError
 from thera_fastai.models import airbench_64, whiten_init
-from thera_fastai.paired import cross_fitted_hter_of, paired_difference, verdict
-from thera_fastai.report import cv_summary
+from thera_fastai.analysis.paired import cross_fitted_hter_of, paired_difference, verdict
+from thera_fastai.analysis.report import cv_summary
 
 FIT = dict(method='airbench', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 

@@ -36,7 +36,7 @@ def test_fastai_metrics_take_logits():
 
 def test_top_losses_titles_do_not_overlap_the_images_above(tmp_path, monkeypatch):
     import pandas as pd
-    import thera_fastai.plots as plots
+    import thera_fastai.analysis.plots as plots
     from conftest import synthetic_images
     oof = pd.DataFrame(dict(row=np.arange(16), label=np.arange(16) % 2, prob_tta=np.linspace(0.01, 0.99, 16)))
     saved = {}

@@ -1,14 +1,14 @@
 """The run folder: weights and JSON only, a fold rebuilt from them, resume to the same files, runs shared across machines."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from fastai.callback.core import Callback
 
 import thera_fastai as tf
-import thera_fastai.training as training
+import thera_fastai.train.training as training
 from conftest import write_dataset
 from thera_fastai.errors import TheraError
 from thera_fastai.runs import fold_lock
@@ -43,15 +43,21 @@ def test_run_folder_holds_weights_and_json_only(reference):
     assert 'fold0/model.safetensors' in files and 'fold0/fold.json' in files and not [f for f in files if f.endswith(('.pkl', '.pth'))]
     info = json.loads((reference/'fold0'/'fold.json').read_text())
     assert set(info) >= {'config', 'stats', 'threshold', 'versions', 'runtime'} and info['runtime']['precision'] == 'fp32'
-    assert 'precision' not in json.loads((reference/'config.json').read_text())['config']
+    record = json.loads((reference/'config.json').read_text())
+    assert 'precision' not in record['config']
+    import re, subprocess, sys
+    in_checkout = subprocess.run(['git', '-C', str(Path(tf.__file__).parent), 'rev-parse', 'HEAD'], capture_output=True).returncode == 0
+    for made in (record, info):  # which code and which command made the run and each fold
+        assert made['command'] == [Path(sys.argv[0]).name, *sys.argv[1:]]
+        assert re.fullmatch(r'[0-9a-f]{40}(\+changes)?', made['versions']['commit']) if in_checkout else made['versions']['commit'] is None
 
 
 def test_rebuilt_fold_predicts_what_it_predicted_in_training(reference, data):
     learn = tf.load_fold_learner(reference/'fold0', device='cpu')
     oof = pd.read_csv(reference/'fold0'/'oof.csv')
     images = tf.cached_images(tf.open_dataset(data).train)[oof['row'].to_numpy()]
-    from thera_fastai.data import images_dl
-    from thera_fastai.inference import predict_probs
+    from thera_fastai.data.loaders import images_dl
+    from thera_fastai.infer.inference import predict_probs
     assert np.abs(predict_probs(learn, images_dl(learn.dls, images)) - oof['prob'].to_numpy()).max() < 1e-6
     assert np.abs(predict_probs(learn, images_dl(learn.dls, images), 2, seed=42) - oof['prob_tta'].to_numpy()).max() < 1e-6
     _, _, probs = learn.predict(str(data/'val_img'/'000001.jpg'), rm_type_tfms=0)   # fastai's own API on a JPEG path
@@ -167,7 +173,7 @@ RUN_MUTATIONS = {f"config.json: {name}": change for name, change in {
 @pytest.mark.parametrize('case', [*FOLD_MUTATIONS, *RUN_MUTATIONS])
 def test_a_damaged_run_file_is_one_error_naming_it_before_any_prediction(case, reference, data, tmp_path, monkeypatch):
     import shutil
-    import thera_fastai.ensemble as ensemble
+    import thera_fastai.infer.ensemble as ensemble
     run = tmp_path/'run'; shutil.copytree(reference, run)
     file = run/'fold0'/'fold.json' if case.startswith('fold.json') else run/'config.json'
     _mutate(file, {**FOLD_MUTATIONS, **RUN_MUTATIONS}[case])
@@ -183,8 +189,10 @@ def test_a_fold_of_another_run_or_with_changed_files_is_refused_by_predict(refer
     oof = run/'fold0'/'oof.csv'
     oof.write_text(oof.read_text())  # rewritten with the same bytes (a new mtime): still the finished fold
     tf.predict(run, data, partial=True, tta=0, first=2)
-    oof.write_text(oof.read_text() + '\n')
-    with pytest.raises(TheraError, match=r"fold0/fold.json: fold's files changed since it finished"): tf.predict(run, data, partial=True)
+    for name in ('oof.csv', 'history.csv', 'model.safetensors'):  # each file fold.json vouches for, truncated
+        shutil.rmtree(run); shutil.copytree(reference, run)
+        (run/'fold0'/name).write_bytes((run/'fold0'/name).read_bytes()[:-10])
+        with pytest.raises(TheraError, match=r"fold0/fold.json: fold's files changed since it finished"): tf.predict(run, data, partial=True)
     shutil.rmtree(run); shutil.copytree(reference, run)
     record = json.loads((run/'config.json').read_text()); record['run_id'] = 'another'
     (run/'config.json').write_text(json.dumps(record))

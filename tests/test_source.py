@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from conftest import jpeg, synthetic_images, write_dataset, zip_folder
-from thera_fastai.cache import cached_images
+from thera_fastai.data.cache import cached_images
 from thera_fastai.errors import TheraError
-from thera_fastai.source import open_dataset, open_images, read_labels
+from thera_fastai.data.source import open_dataset, open_images, read_labels
 
 
 def test_folder_and_zip_agree(tiny_folder, tiny_zip):
@@ -122,7 +122,7 @@ def test_open_images_takes_dataset_zip_or_any_folder(tiny_folder, tiny_zip, tmp_
                                    [f'{i}.jpg' for i in range(1, 120)],                      # unpadded: 2 < 10 < 100
                                    [f'{i:03d}.jpg' for i in range(1, 120)] + ['1000.jpg', '7.jpeg', 'b2.jpg', 'b10.JPG']])
 def test_images_come_in_natural_file_name_order(names):
-    from thera_fastai.source import _image_names, _natural_key
+    from thera_fastai.data.source import _image_names, natural_key as _natural_key
     shuffled = list(np.random.default_rng(0).permutation(names)) + ['.hidden.jpg', 'notes.txt']
     ordered = _image_names(shuffled)
     assert ordered == sorted(names, key=_natural_key) and ordered.index('002.jpg' if '002.jpg' in names else names[1]) == 1
@@ -139,6 +139,6 @@ def test_a_zip_with_the_layout_in_two_folders_is_refused_naming_both(tiny_folder
 
 
 def test_a_row_list_that_is_not_text_is_one_error(tmp_path):
-    from thera_fastai.runs import read_row_list
+    from thera_fastai.data.rows import read_row_list
     (tmp_path/'rows.txt').write_bytes(b'\xff\xfe\x00\x81 binary')
     with pytest.raises(TheraError, match=r'rows.txt: the row list is not UTF-8 text'): read_row_list(tmp_path/'rows.txt', ['000001.jpg'])

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_cli, write_dataset
 from thera_fastai.errors import TheraError
-from thera_fastai.sweep import DEFAULT_SPACE, _suggest, open_study, read_space
+from thera_fastai.train.sweep import DEFAULT_SPACE, _suggest, open_study, read_space
 
 pytest.importorskip('optuna')
 
@@ -32,7 +32,7 @@ def test_conditional_values_are_drawn_only_when_they_apply():
 @pytest.mark.slow
 def test_two_workers_share_a_study_prune_a_bad_trial_and_the_best_predicts(tmp_path):
     import optuna
-    from thera_fastai.sweep import open_study
+    from thera_fastai.train.sweep import open_study
     write_dataset(tmp_path/'data', n_train=160, n_val=12)
     (tmp_path/'space.json').write_text(json.dumps({'folds': 2, 'epochs': 2, 'bs': 16, 'tta': 0, 'lr': {'low': 1e-7, 'high': 1e-2, 'log': True}}))
     journal = tmp_path/'study.journal'
@@ -60,7 +60,7 @@ def test_two_workers_share_a_study_prune_a_bad_trial_and_the_best_predicts(tmp_p
 
 
 def test_the_default_space_fits_data_smaller_than_its_sample_and_bad_fixed_values_stop_before_a_trial(tmp_path):
-    from thera_fastai.sweep import fit_space, sweep
+    from thera_fastai.train.sweep import fit_space, sweep
     said = []
     space = fit_space(DEFAULT_SPACE, 1000, said.append)
     assert space['sample'] is None and DEFAULT_SPACE['sample'] == 20000 and '1,000 labelled images' in said[0]

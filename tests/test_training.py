@@ -7,11 +7,11 @@ from fastai.torch_core import set_seed
 
 from conftest import synthetic_images
 from thera_fastai.config import RECIPES, FitConfig, Runtime, native_bf16
-from thera_fastai.data import fold_dataloaders, fold_splits, sample_rows
+from thera_fastai.data.loaders import fold_dataloaders, fold_splits, sample_rows
 from thera_fastai.errors import TheraError
-from thera_fastai.inference import predict_probs
-from thera_fastai.learner import BalancedBCELoss, balanced_loss, step_schedule, thera_learner
-from thera_fastai.report import cv_summary
+from thera_fastai.infer.inference import predict_probs
+from thera_fastai.train.learner import BalancedBCELoss, balanced_loss, step_schedule, thera_learner
+from thera_fastai.analysis.report import cross_fitted_decisions, cv_summary
 
 FP32 = dict(device='cpu', precision='fp32', channels_last=True)
 
@@ -77,7 +77,7 @@ def test_a_batch_or_phase_cut_short_under_autocast_leaves_none_behind(cut, tmp_p
     # A budget's last epoch stops inside a batch (StopAtStep); an autocast entered and never left keeps its cache of the
     # weights' bf16 copies, and every later fit of the process then trains on stale weights and learns nothing.
     from fastai.callback.core import Callback, CancelBatchException
-    from thera_fastai.methods import StopAtStep
+    from thera_fastai.train.methods import StopAtStep
     class _CutBatch(Callback):
         order = 20
         def after_pred(self):
@@ -138,12 +138,35 @@ def test_sample_rows_is_stratified_and_checked():
     with pytest.raises(TheraError, match='sample 1001 is larger than the 1000 labelled images'): sample_rows(labels, 1001, 0)
 
 
+def _hter_minimizing_threshold(p, t):
+    "By brute force over every candidate (each distinct probability): the threshold with the lowest HTER, the highest of a tie."
+    candidates = np.unique(p)[::-1]
+    scores = [((p[t == 0] >= c).mean() + (p[t == 1] < c).mean()) / 2 for c in candidates]
+    return candidates[int(np.argmin(scores))]
+
+
 def test_cross_fitted_threshold_uses_other_rows_only():
+    # The headline figure's honesty: each fold is decided at the threshold of the OTHER folds' rows. Fold 0 is shifted,
+    # so a threshold that saw its rows differs from one that did not, and a leak changes the decisions.
     rng = np.random.default_rng(0)
-    label = (rng.random(4000) > 0.2).astype(int)
-    oof = pd.DataFrame(dict(row=np.arange(4000), label=label, fold=np.arange(4000) % 4,
-                            prob_tta=np.clip(0.25 * label + rng.normal(0.5, 0.15, 4000), 0, 1)))
+    n = 2000
+    label, fold = (rng.random(n) > 0.2).astype(int), np.arange(n) % 4
+    prob = np.clip(0.25 * label + rng.normal(0.5, 0.15, n) + 0.12 * (fold == 0), 0, 1)
+    oof = pd.DataFrame(dict(row=np.arange(n), label=label, fold=fold, prob_tta=prob))
+    want = np.zeros(n, bool)
+    for k in range(4):
+        mine = fold == k
+        want[mine] = prob[mine] >= _hter_minimizing_threshold(prob[~mine], label[~mine])
+    leaked = prob >= _hter_minimizing_threshold(prob, label)
+    assert (want != leaked).sum() > 20  # the data tells the two apart
+    assert np.array_equal(cross_fitted_decisions(oof).astype(bool), want)
     s = cv_summary(oof)
-    assert s['at_best_in_sample']['hter'] <= s['cross_fitted']['hter'] < s['at_05']['hter']
-    one = cv_summary(oof.assign(fold=0))          # one fold: halves by row parity
-    assert one['at_best_in_sample']['hter'] <= one['cross_fitted']['hter']
+    assert s['cross_fitted']['hter'] == pytest.approx(((want[label == 0]).mean() + (~want[label == 1]).mean()) / 2, abs=1e-12)
+    assert s['at_best_in_sample']['hter'] <= s['cross_fitted']['hter']
+    one = oof.assign(fold=0)  # one fold: the halves by row parity, each at the other's threshold
+    half = np.arange(n) % 2
+    want_one = np.zeros(n, bool)
+    for h in (0, 1):
+        mine = half == h
+        want_one[mine] = prob[mine] >= _hter_minimizing_threshold(prob[~mine], label[~mine])
+    assert np.array_equal(cross_fitted_decisions(one).astype(bool), want_one)

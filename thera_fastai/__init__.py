@@ -6,7 +6,7 @@
     learn = tf.load_fold_learner('runs/simple/fold0', data='ml_exercise_therapanacea.zip')  # lr_find, tta, interpretation
 
 Names are imported on first use, so `import thera_fastai` stays fast."""
-import sys, types, warnings
+import warnings
 
 # fastai's layers call torch.jit.script at import, which torch 2.14 deprecates: a notice about fastai, not the user's code.
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
@@ -14,24 +14,14 @@ warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated',
 __version__ = '0.10.0'
 
 _EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'compare': 'api', 'audit': 'api',
-            'load_fold_learner': 'learner', 'grad_cam': 'saliency', 'plot_saliency': 'saliency', 'create_model': 'models',
-            'model_profile': 'models',
+            'load_fold_learner': 'train.learner', 'thera_learner': 'train.learner', 'create_model': 'models', 'model_profile': 'models',
             'FitConfig': 'config', 'Runtime': 'config', 'RECIPES': 'config', 'TheraError': 'errors', 'error_rates': 'metrics',
-            'hter': 'metrics', 'open_dataset': 'source', 'cached_images': 'cache', 'fold_rows': 'runs', 'read_oof': 'runs',
-            'dataset_table': 'explore', 'sample_grid': 'explore', 'label_conflicts': 'explore',
-            'fold_splits': 'folds', 'sample_rows': 'folds', 'fold_dataloaders': 'data', 'thera_learner': 'learner',
-            'top_losses': 'plots', 'plot_top_losses': 'plots', 'oof_saliency': 'saliency'}
+            'hter': 'metrics', 'open_dataset': 'data.source', 'cached_images': 'data.cache', 'fold_rows': 'data.rows', 'read_oof': 'runs',
+            'fold_splits': 'data.folds', 'sample_rows': 'data.folds', 'fold_dataloaders': 'data.loaders',
+            'dataset_table': 'analysis.explore', 'sample_grid': 'analysis.explore', 'label_conflicts': 'analysis.explore',
+            'top_losses': 'analysis.plots', 'plot_top_losses': 'analysis.plots',
+            'grad_cam': 'analysis.saliency', 'plot_saliency': 'analysis.saliency', 'oof_saliency': 'analysis.saliency'}
 __all__ = list(_EXPORTS)
-
-
-class _Package(types.ModuleType):
-    "Keeps an exported function (`report`, `explore`) when Python binds the submodule of the same name onto the package."
-    def __setattr__(self, name, value):
-        if name in _EXPORTS and isinstance(value, types.ModuleType): return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
 
 
 def __getattr__(name):

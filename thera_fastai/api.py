@@ -3,7 +3,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from .config import N_BOOT, TTA_SEED, FitConfig, Runtime
+from .config import COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import TheraError
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'compare', 'audit', 'make_config', 'default_out']
@@ -53,7 +53,7 @@ def fit(data,  # The exercise zip or its extracted folder
         **config,  # `FitConfig` fields: arch, folds, epochs, bs, lr, seed, balance, tta, sample, ...
        ) -> dict:  # The run's report: per-fold and pooled out-of-fold metrics
     "Stratified K-fold training of one recipe; writes fold weights, out-of-fold predictions and the report under `out`."
-    from .cv import cross_validate
+    from .train.cv import cross_validate
     cfg = make_config(**config)
     runtime = Runtime(device=device, precision=precision, threads=threads)
     if out is None:
@@ -73,10 +73,10 @@ def predict(models,  # A thera-fit run folder
             first:int=None,  # Only the first N images in file-name order (a quick look; their TTA draws differ from a full run's)
            ):  # One row per image: image, prob_fold<k>, vote_fold<k>, mean_prob, label (file-name order)
     "Each fold model predicts with TTA at its own threshold and the folds vote."
-    from .cache import cached_images
-    from .ensemble import load_fold_models, predict_folds, votes_frame
+    from .data.cache import cached_images
+    from .infer.ensemble import load_fold_models, predict_folds, votes_frame
     from .progress import labelled_bar
-    from .source import open_images
+    from .data.source import open_images
     if tta is not None and (not isinstance(tta, int) or tta < 0): raise TheraError(f"must be 0 or more (got {tta!r})", param='tta')
     if first is not None and (not isinstance(first, int) or first < 1): raise TheraError(f"must be at least 1 (got {first!r})", param='first')
     Runtime(device=device)
@@ -93,18 +93,18 @@ def predict(models,  # A thera-fit run folder
 
 def report(run):  # A thera-fit run folder
     "Gathers a run's finished folds into report.json, report.md and its PNGs; returns the summary."
-    from .report import write_run_report
+    from .analysis.report import write_run_report
     return write_run_report(run)
 
 
 def explore(data,  # The exercise zip or its extracted folder
-            out='explore.png',  # PNG grid of sample images per class
-            n:int=8,  # Images per class in the grid
+            out=_C['explore_out'],  # PNG grid of sample images per class
+            n:int=_C['explore_n'],  # Images per class in the grid
             cache=None,  # Folder of the decoded image cache
-            seed:int=0,  # Seed of the sample shown
+            seed:int=_C['seed'],  # Seed of the sample shown
            ) -> str:  # The table of counts, class balance, sizes and pixel statistics
     "Counts, class balance, image sizes and pixel statistics, and a PNG grid of samples per class."
-    from .explore import explore_dataset
+    from .analysis.explore import explore_dataset
     return explore_dataset(data, out, n, cache, seed)
 
 
@@ -117,14 +117,14 @@ def compare(runs,  # Run folders of thera-fit
             out=None,  # Folder for compare.md, compare.csv, compare.png, paired.csv, shared_errors.csv (default: compare/ beside the first run)
             target:float=None,  # Also the minutes each run's first fold took to first reach this HTER
             data=None,  # The dataset for image names and grids (default: the first run's own)
-            n:int=32,  # Rows per label in the grids of errors every run makes (0: none)
+            n:int=_C['compare_n'],  # Rows per label in the grids of errors every run makes (0: none)
             cache=None,  # Folder for the decoded image cache
             fold:int=None,  # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
             n_boot:int=N_BOOT,  # Resamples of the paired bootstrap interval of each run's HTER difference from the first run's (0: none)
            ):
     """Runs side by side (arch, stem, recipe, parameters, GFLOP/image, minutes, pooled HTER, AUC); writes the table and
     plot. With two runs or more, also where their errors overlap, their blend, and the rows every run gets wrong."""
-    from .comparison import write_comparison
+    from .analysis.comparison import write_comparison
     if not runs: raise TheraError("needs at least one run folder")
     return write_comparison(runs, out or compare_folder(runs), target, data, n, cache, fold, n_boot)
 
@@ -132,11 +132,11 @@ def compare(runs,  # Run folders of thera-fit
 def audit(run,  # A thera-fit run folder
           out=None,  # Folder for label_issues.csv, audit.md, audit.json and the grids (default: `run`/audit)
           data=None,  # The exercise zip or folder, for names and grids (default: the run's own)
-          n:int=16,  # Suspects per given label in the grids (0: none)
+          n:int=_C['audit_n'],  # Suspects per given label in the grids (0: none)
           cache=None,  # Folder of the decoded image cache
-          device:str='auto',  # auto, cpu or cuda, for the saliency maps
+          device:str=_C['audit_device'],  # auto, cpu or cuda, for the saliency maps
          ) -> tuple:  # (audit summary, label issues frame)
     "cleanlab's label audit of a run's pooled out-of-fold predictions; writes its files under `out`."
-    from .label_audit import write_audit
+    from .analysis.label_audit import write_audit
     from .config import Runtime
     return write_audit(run, out, data, n, cache, Runtime(device=device).resolved()['device'])

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastcore.script import call_parse, store_true
 
-from .config import N_BOOT, TTA_SEED, FitConfig, Runtime
+from .config import COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import EXIT_BAD_INPUT, TheraError
 from .progress import plural, show_bars
 
@@ -100,21 +100,21 @@ def fit(
     budget:str = None, # Time each fold may take, evaluation included (e.g. 10m, 90s, 1h): sets the steps instead of --epochs
     hyp:str = None, # airbench method settings to change, as k=v,k=v (e.g. lookahead=false,bias_scaler=32; see config.AIRBENCH)
     folds:int = _D.folds, # Number of stratified folds
-    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe: 3 for airbench, 13 for simple)
+    epochs:int = _D.epochs, # Epochs per fold (default: the arch's recipe, config.RECIPES)
     out:str = None, # Run folder (default: runs/<arch>, or runs/<arch>-<what differs from its recipe> for a variant)
     fold:int = None, # Train only this fold (0-based)
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
     seed:int = _D.seed, # Seed for folds, sampling, initialization and TTA
     bs:int = _D.bs, # Batch size (default: the arch's recipe)
-    lr:float = _D.lr, # Peak learning rate (default: the arch's recipe; airbench method: 11.5 per 1024 examples)
-    wd:float = _D.wd, # Weight decay (default: the method's: adam 0.01, airbench 0.0153 per 1024 examples)
+    lr:float = _D.lr, # Peak learning rate (default: the arch's recipe, config.RECIPES; the airbench method's is per 1024 examples, config.AIRBENCH)
+    wd:float = _D.wd, # Weight decay (default: the method's, config.METHOD_DEFAULTS and config.AIRBENCH)
     tta:int = _D.tta, # TTA passes for out-of-fold predictions (0 = none)
     balance:str = _D.balance, # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     no_flip:store_true = not _D.flip, # No horizontal flip in augmentation
     max_rotate:float = _D.max_rotate, # Largest rotation of the augmentation, degrees
     max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
     schedule:str = _D.schedule, # LR schedule: one_cycle, step (x0.1 every 10 epochs) or constant
-    label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2 (default: the arch's recipe: 0.2 airbench, else 0)
+    label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2 (default: the arch's recipe, config.RECIPES)
     stem:str = _D.stem, # Stem for 64x64 of timm models: x2 (default), x4 or default; resnet18: nopool (default), default or conv3
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
@@ -141,7 +141,7 @@ def fit(
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight)
         from .api import default_out, make_config
-        from .distributed import is_main
+        from .train.distributed import is_main
         out = Path(out) if out else None
         summary = fit_run(data, out, fold=fold, cache=cache, device=device, precision=precision, threads=threads,
                           bars=show_bars(quiet), log=lambda line: print(line, flush=True), **config)
@@ -161,7 +161,7 @@ def _print_summary(summary, out):
 def predict(
     models:str = None, # A thera-fit run folder
     data:str = None, # The dataset (uses val_img/), its zip, or any folder of JPEGs
-    out:str = 'label_val.txt', # The label file to write
+    out:str = _C['labels'], # The label file to write
     tta:int = None, # TTA passes per model (0 = none; default: the run's own, which its thresholds were picked with)
     votes:str = None, # CSV of each model's probability and vote (default: next to --out)
     partial:store_true = False, # Vote over the finished folds when some are missing
@@ -178,7 +178,7 @@ def predict(
         _quiet_third_party()
         Runtime(threads=threads).apply()
         from .api import predict as predict_run
-        from .ensemble import write_labels, write_votes
+        from .infer.ensemble import write_labels, write_votes
         t0 = time.time()
         out = _writable_file(out, 'out')
         votes = _writable_file(votes or out.with_name(out.stem + '_votes.csv'), 'votes')
@@ -213,10 +213,10 @@ def report(
 @call_parse
 def explore(
     data:str = None, # The exercise zip or its extracted folder
-    out:str = 'explore.png', # PNG grid of sample images per class
-    n:int = 8, # Images per class in the grid
+    out:str = _C['explore_out'], # PNG grid of sample images per class
+    n:int = _C['explore_n'], # Images per class in the grid
     cache:str = None, # Folder for the decoded image cache
-    seed:int = 0, # Seed for the sample shown
+    seed:int = _C['seed'], # Seed for the sample shown
     version:_VERSION = None, # Print the package version and exit
 ):
     "Counts, class balance, image sizes and pixel statistics, and a PNG grid of samples per class."
@@ -230,10 +230,10 @@ def explore(
 @call_parse
 def sweep(
     data:str = None, # The exercise zip or its extracted folder
-    out:str = 'runs/sweep', # Study folder: a run folder per trial, and the SQLite storage by default
-    trials:int = 10, # Trials this worker runs; start the same command elsewhere to add workers
+    out:str = _C['sweep_out'], # Study folder: a run folder per trial, and the SQLite storage by default
+    trials:int = _C['trials'], # Trials this worker runs; start the same command elsewhere to add workers
     space:str = None, # Search space, a JSON or YAML file (default: thera_fastai.sweep.DEFAULT_SPACE)
-    study:str = 'thera', # Study name within the storage
+    study:str = _C['study'], # Study name within the storage
     storage:str = None, # Database URL (sqlite:///..., postgresql://...) or a .log/.journal file on a shared filesystem
     prune_above:float = None, # Stop a trial whose HTER after a fold is above this (the median pruner runs too)
     show:store_true = False, # Print the leaderboard and parameter importances, run nothing
@@ -246,7 +246,7 @@ def sweep(
     "Optuna sweep over thera-fit recipes; every trial is a run folder, scored by pooled out-of-fold HTER (cross-fitted)."
     with _friendly('thera-sweep'):
         _quiet_third_party()
-        try: from .sweep import leaderboard, open_study, sweep as run_sweep
+        try: from .train.sweep import leaderboard, open_study, sweep as run_sweep
         except ImportError: raise TheraError("needs Optuna: pip install 'thera_fastai[sweep]'") from None
         if show: print(leaderboard(open_study(out, study, storage))); return
         _require(data=data)
@@ -258,7 +258,7 @@ def sweep(
 @call_parse
 def export(
     models:str = None, # A thera-fit run folder
-    out:str = 'export', # Folder for fold<k>.onnx, ensemble.json and predict.py
+    out:str = _C['export_out'], # Folder for fold<k>.onnx, ensemble.json and predict.py
     partial:store_true = False, # Export the finished folds when some are missing
     version:_VERSION = None, # Print the package version and exit
 ):
@@ -268,7 +268,7 @@ def export(
         _quiet_third_party()
         try: import onnx  # noqa: F401  (torch's exporter needs it)
         except ImportError: raise TheraError("needs onnx: pip install 'thera_fastai[export]'") from None
-        from .export import export_run
+        from .infer.export import export_run
         manifest = export_run(models, out, partial)
         q = shlex.quote  # the command is copied into a shell: paths with spaces stay one argument
         print(f"{plural(len(manifest['folds']), 'fold model')} exported to {out}: python {q(str(Path(out)/'predict.py'))} {q(str(out))} IMAGES "
@@ -279,8 +279,8 @@ def export(
 def demo(
     models:str = None, # A thera-fit run folder
     data:str = None, # A dataset or folder of JPEGs whose first images are offered as examples
-    host:str = '127.0.0.1', # Address to bind (127.0.0.1: this machine only)
-    port:int = 7860, # Port of the page
+    host:str = _C['host'], # Address to bind (127.0.0.1: this machine only)
+    port:int = _C['port'], # Port of the page
     device:str = Runtime.device, # auto, cpu or cuda
     threads:int = Runtime.threads, # Torch threads (default: all cores)
     version:_VERSION = None, # Print the package version and exit
@@ -293,7 +293,7 @@ def demo(
         os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
         try: import gradio  # noqa: F401
         except ImportError: raise TheraError("needs Gradio: pip install 'thera_fastai[demo]'") from None
-        from .demo import serve
+        from .infer.demo import serve
         print(f"thera-demo: serving {models} on http://{host}:{port} (Ctrl-C stops)", flush=True)
         serve(models, data, host, port, device)
 
@@ -304,7 +304,7 @@ def compare(
     out:str = None, # Folder for compare.md, compare.csv, compare.png, paired.csv, shared_errors.csv (default: compare/ beside the first run)
     target:float = None, # Also report the minutes each run's first fold took to first reach this HTER (e.g. 0.08)
     data:str = None, # The dataset for image names and grids (default: the first run's own)
-    n:int = 32, # Rows per label in the grids of errors every run makes (0: none)
+    n:int = _C['compare_n'], # Rows per label in the grids of errors every run makes (0: none)
     cache:str = None, # Folder for the decoded image cache
     fold:int = None, # Compare this fold of every run alone (e.g. 0), so runs with different numbers of finished folds score the same rows
     boot:int = N_BOOT, # Resamples of the paired bootstrap interval of each run's HTER difference from the first run's (0: none)
@@ -329,9 +329,9 @@ def audit(
     models:str = None, # A thera-fit run folder (its pooled out-of-fold predictions are audited)
     out:str = None, # Folder for label_issues.csv, audit.md, audit.json and the suspect grids (default: <models>/audit)
     data:str = None, # The exercise zip or folder, for image names and grids (default: the one the run was trained on)
-    n:int = 16, # Suspects per given label in the grids (0: no grids)
+    n:int = _C['audit_n'], # Suspects per given label in the grids (0: no grids)
     cache:str = None, # Folder for the decoded image cache
-    device:str = Runtime.device, # auto, cpu or cuda (for the saliency maps)
+    device:str = _C['audit_device'], # auto, cpu or cuda (for the saliency maps)
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
     version:_VERSION = None, # Print the package version and exit
 ):
@@ -342,7 +342,7 @@ def audit(
         _quiet_third_party()
         Runtime(threads=threads).apply()
         from .api import audit as audit_run
-        from .label_audit import folds_of
+        from .analysis.label_audit import folds_of
         a, _ = audit_run(models, out, data=data, n=n, cache=cache, device=device)
         where = Path(out or Path(models)/'audit')
         nz = a['noise']

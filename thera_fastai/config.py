@@ -4,15 +4,10 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import TheraError
 
-__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
 
-# The default arch and its epochs come from the time-budget study (docs/results.md): airbench with its own label
-# smoothing 0.2 beat the simple CNN and the timm families at 30 minutes of one core per candidate on the full
-# data; its 3 epochs fit 30 minutes of training on both cores of the 2-core fp32 CPU (9.5 min an epoch). Its lr
-# sits between lr_find's valley (1.2e-3) and minimum/10 (5.2e-2) on a 4,000-image sample (nbs/01_lr_find.ipynb).
-# The simple CNN's lr sits between lr_find's valley (1e-3) and minimum/10 (6.9e-3) on fold 0 of the full data,
-# its 13 epochs fit 30 minutes on a 2-core bf16 CPU. resnet18's and other timm models' recipes are not tuned
-# at scale ('timm' is any timm name).
+# Each arch's recipe ('timm': any timm model name); where each value comes from, with the figures that chose it:
+# docs/design.md, *Recipes*.
 RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
            'resnet18': dict(lr=2e-3, bs=128, epochs=4, label_smoothing=0.0, stem='nopool'),
            'airbench': dict(lr=3e-3, bs=128, epochs=3, label_smoothing=0.2),
@@ -28,12 +23,24 @@ AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # l
 METHODS = ('adam', 'airbench')
 METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}
 IMAGE_SHAPE = (64, 64, 3)  # (height, width, channels) of every image of the exercise
+CLASS_NAMES = {0: 'occluded (hat, cap, glasses or other occlusion)', 1: 'clean face'}  # label 0 and 1, as the exercise defines them
+SHORT_NAMES = {0: 'occluded', 1: 'clean'}
 ARCH_NAMES = ('simple', 'resnet18', 'airbench')  # the package's own nets; any timm name is an arch too
 RESNET_STEMS = ('default', 'nopool', 'conv3')
 TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
 TTA_SEED = 0  # seed of the TTA augmentation: the same seed gives the same predictions
 N_BOOT = 1000  # resamples of thera-compare's paired bootstrap interval
 CHANCE_AUC = 0.6  # below this out-of-fold AUC a run has not learned: its HTER, errors in common and audit are noise
+# The commands' defaults besides FitConfig's and Runtime's, declared once: cli.py, api.py and the modules read them here.
+COMMAND_DEFAULTS = dict(
+    labels='label_val.txt',  # thera-predict's label file
+    explore_out='explore.png', explore_n=8, seed=0,  # thera-explore's grid: images per class, the sample's seed
+    compare_n=32,  # thera-compare: rows per label in the grids of errors every run makes
+    audit_n=16, audit_device='auto',  # thera-audit: suspects per given label in the grids; where the saliency maps run
+    export_out='export',  # thera-export's folder
+    sweep_out='runs/sweep', trials=10, study='thera',  # thera-sweep
+    host='127.0.0.1', port=7860,  # thera-demo's address
+)
 PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
@@ -190,8 +197,9 @@ class FitConfig:
 def native_bf16(device='cpu'):
     "Whether `device` runs bfloat16 convolutions natively (a CUDA GPU with bf16, or a CPU with AVX512-BF16/AMX)."
     import torch
+    from .compat import mkldnn_bf16_supported
     if torch.device(device).type == 'cuda': return torch.cuda.is_bf16_supported()
-    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return mkldnn_bf16_supported()
 
 
 @dataclass
@@ -224,12 +232,31 @@ class Runtime:
         if self.threads:
             import torch
             torch.set_num_threads(self.threads)
-            os.environ.setdefault('OMP_NUM_THREADS', str(self.threads))
 
 
 def library_versions():
-    "Versions that decide what a run computes, saved with its config."
+    "Versions that decide what a run computes, saved with its config and each fold; the package's git commit too."
     import fastai, numpy, sklearn, timm, torch
     from . import __version__
-    return dict(thera_fastai=__version__, torch=torch.__version__, fastai=fastai.__version__, timm=timm.__version__,
-                numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
+    return dict(thera_fastai=__version__, commit=package_commit(), torch=torch.__version__, fastai=fastai.__version__,
+                timm=timm.__version__, numpy=numpy.__version__, sklearn=sklearn.__version__, python=platform.python_version())
+
+
+def package_commit():
+    """The git commit the package runs from, with '+changes' when its files differ from it; None outside a checkout
+    (an installed wheel). A study's rows can then be traced to the code that made them."""
+    import subprocess
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(['git', '-C', here, 'rev-parse', 'HEAD'], capture_output=True, text=True, timeout=10)
+        if head.returncode: return None
+        dirty = subprocess.run(['git', '-C', here, 'status', '--porcelain', '--untracked-files=no', '--', '.'],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError): return None
+    return head.stdout.strip() + ('+changes' if dirty else '')
+
+
+def command_line():
+    "The command that made a run or fold, as typed (the program's name and its arguments)."
+    import sys
+    return [os.path.basename(sys.argv[0]), *sys.argv[1:]] if sys.argv and sys.argv[0] else []

@@ -25,8 +25,8 @@ def conv_bn_relu(ni, nf, padding_mode='zeros'):
 class ByteDropout(nn.Dropout):
     """`nn.Dropout` whose keep mask is drawn one byte per element: 8 elements per 64-bit draw.
 
-    torch's CPU dropout draws one 32-bit number per element from a serial Mersenne twister; on the
-    simple CNN's feature maps that was a sixth of a training step on 2 cores. Same Bernoulli mask
+    torch's CPU dropout draws one 32-bit number per element from a serial Mersenne twister, a large part of
+    the simple CNN's training step on a CPU (measured in docs/design.md, *Steps*). Same Bernoulli mask
     distribution and 1/(1-p) scaling, with `p` rounded to a multiple of 1/256 (0.25 is exact)."""
     def forward(self, x):
         if not self.training or self.p == 0: return x

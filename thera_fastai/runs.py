@@ -1,6 +1,6 @@
 """The run folder: `config.json` (what the run computes), one `fold<k>/` per fold (weights, `fold.json`,
 out-of-fold predictions, history), locks so several processes or machines can share it."""
-import io, json, os, socket
+import json, os, socket
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -8,15 +8,12 @@ import numpy as np
 import pandas as pd
 from filelock import FileLock, Timeout
 
-from .cache import cached_images, source_key
-from .config import IMAGE_SHAPE, FitConfig, library_versions
-from .folds import data_key, fold_train_rows, sample_rows
+from .config import IMAGE_SHAPE, FitConfig, command_line, library_versions
 from .errors import TheraError
 from .files import atomic_write, clean_stale_temps, create_exclusive, file_hash, read_json, short_hash
-from .source import open_dataset
 
 __all__ = ['RUN_FILE', 'FOLD_FILE', 'WEIGHTS_FILE', 'FOLD_FILES', 'read_history', 'check_fold_info', 'run_id', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
-           'fold_lock', 'fold_rows', 'prepare_data', 'read_row_list', 'read_oof', 'write_oof']
+           'fold_lock', 'read_oof', 'write_oof']
 
 RUN_FILE, FOLD_FILE, WEIGHTS_FILE = 'config.json', 'fold.json', 'model.safetensors'
 FOLD_FILES = (WEIGHTS_FILE, 'oof.csv', 'history.csv')
@@ -38,50 +35,11 @@ def run_id(cfg: FitConfig, dkey, teacher_id=None):
     return short_hash(identity, dkey)
 
 
-def read_row_list(path, names):
-    """The 0-based label rows a file lists: a CSV with a `row` or `name` column (thera-audit's label_issues.csv),
-    or plain text with one row number or image name per line. `names` are the training image names."""
-    path = Path(path)
-    try: text = path.read_text(encoding='utf-8')
-    except OSError as e: raise TheraError(f"cannot read the row list ({e.strerror})", path) from None
-    except UnicodeDecodeError as e: raise TheraError(f"the row list is not UTF-8 text (byte {e.start}): expected row numbers or image names", path) from None
-    lines = [l.strip() for l in text.splitlines() if l.strip()]
-    if path.suffix.lower() == '.csv' or (lines and ',' in lines[0]):
-        try: frame = pd.read_csv(io.StringIO(text))
-        except Exception as e: raise TheraError(f"not a readable CSV ({e})", path) from None
-        col = next((c for c in ('row', 'name') if c in frame.columns), None)
-        if col is None: raise TheraError("a CSV row list needs a 'row' or 'name' column", path)
-        lines = frame[col].astype(str).tolist()
-    index, rows = {n: i for i, n in enumerate(names)}, []
-    for item in lines:
-        if item.isdigit() and int(item) < len(names): rows.append(int(item))
-        elif item in index: rows.append(index[item])
-        else: raise TheraError(f"{item!r} is neither a row number below {len(names)} nor a training image name", path)
-    return np.unique(np.asarray(rows, dtype=np.int64))
-
-
-def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
-    """The dataset, its decoded images, the rows `cfg` uses, the rows it leaves out of training (`cfg.exclude`)
-    and their data key; checks `cfg` against the data."""
-    ds = open_dataset(data)
-    excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
-    if cfg.distill is not None: open_run(cfg.distill)
-    images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
-    rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
-    return ds, images, rows, excluded, data_key(source_key(ds.train), ds.labels, rows, excluded)
-
-
-def fold_rows(data, cfg, fold, cache=None):
-    "(images, labels, train rows, valid rows) of fold `fold` of `cfg` on `data`, as the fit used them."
-    ds, images, rows, excluded, _ = prepare_data(data, cfg, cache)
-    return (images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, fold, excluded))
-
-
 def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
     teacher_id = open_run(cfg.distill)['run_id'] if cfg.distill is not None else None
     return dict(run_id=run_id(cfg, dkey, teacher_id), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()), n_images=len(rows),
-                versions=library_versions())
+                versions=library_versions(), command=command_line())
 
 
 def open_run(out):

@@ -1,0 +1,50 @@
+"""Whether one run beats another by more than noise: the HTER difference of two runs on the out-of-fold rows both
+scored, with a paired bootstrap interval (rows resampled together, thresholds cross-fitted inside each resample)."""
+import numpy as np
+import pandas as pd
+
+from ..config import N_BOOT
+from .report import cross_fit_groups, cross_fitted
+
+__all__ = ['cross_fitted_hter_of', 'paired_difference', 'paired_differences', 'verdict', 'N_BOOT']
+
+
+def cross_fitted_hter_of(probs, labels, groups):
+    "HTER of deciding each group's rows at the threshold picked on the other groups' rows (the report's cross-fitting)."
+    decided = cross_fitted(probs, labels, groups)
+    pos, neg = labels == 1, labels == 0
+    return ((decided[neg]).mean() + (~decided[pos]).mean()) / 2
+
+
+def paired_difference(probs_a, probs_b, labels, groups, n_boot=N_BOOT, seed=0, level=0.95):
+    """HTER of b minus HTER of a on the same rows, and its paired bootstrap percentile interval: each resample draws
+    rows with replacement within each label (so both classes keep their counts), scores both runs on the same draw,
+    with thresholds cross-fitted over `groups` inside the draw. Negative: b makes fewer errors. Returns a dict."""
+    probs_a, probs_b, labels, groups = (np.asarray(x) for x in (probs_a, probs_b, labels, groups))
+    point = cross_fitted_hter_of(probs_b, labels, groups) - cross_fitted_hter_of(probs_a, labels, groups)
+    rng, by_label = np.random.default_rng(seed), [np.flatnonzero(labels == c) for c in (0, 1)]
+    diffs = np.empty(n_boot)
+    for i in range(n_boot):
+        rows = np.concatenate([rng.choice(idx, len(idx)) for idx in by_label])
+        l, g = labels[rows], groups[rows]
+        diffs[i] = cross_fitted_hter_of(probs_b[rows], l, g) - cross_fitted_hter_of(probs_a[rows], l, g)
+    lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
+    return dict(diff=float(point), lo=float(lo), hi=float(hi), se=float(diffs.std(ddof=1)), n_rows=len(labels), n_boot=n_boot)
+
+
+def verdict(d, a='a', b='b'):
+    "The interval in words: which run is better, or that the difference is within the noise."
+    if d['hi'] < 0: return f"{b} is better than {a}"
+    if d['lo'] > 0: return f"{b} is worse than {a}"
+    return "within the noise"
+
+
+def paired_differences(joint, names, n_boot=N_BOOT, seed=0):
+    """Every run against the first (the baseline) on the shared out-of-fold rows of `joint` (`agreement.shared_oof`):
+    one row per run with the HTER difference, its 95% paired bootstrap interval and the verdict."""
+    labels, groups = joint['label'].to_numpy(), cross_fit_groups(joint)
+    base, rows = names[0], []
+    for n in names[1:]:
+        d = paired_difference(joint[f'prob_{base}'].to_numpy(), joint[f'prob_{n}'].to_numpy(), labels, groups, n_boot, seed)
+        rows.append(dict(run=n, baseline=base, **d, verdict=verdict(d, base, n)))
+    return pd.DataFrame(rows)

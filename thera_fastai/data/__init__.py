@@ -1,0 +1,1 @@
+"""data/: the images, the rows and the folds, and the DataLoaders that feed a fit (numpy and scikit-learn, torch in loaders.py only)."""

@@ -1,0 +1,54 @@
+"""The rows a run trains on: the dataset and its decoded images, the stratified sample, the rows a file leaves out of
+training, and a fold's training and held-out rows as the fit made them."""
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cache import cached_images, source_key
+from ..errors import TheraError
+from .folds import data_key, fold_train_rows, sample_rows
+from ..runs import open_run
+from .source import open_dataset
+
+__all__ = ['read_row_list', 'prepare_data', 'fold_rows']
+
+
+def read_row_list(path, names):
+    """The 0-based label rows a file lists: a CSV with a `row` or `name` column (thera-audit's label_issues.csv),
+    or plain text with one row number or image name per line. `names` are the training image names."""
+    path = Path(path)
+    try: text = path.read_text(encoding='utf-8')
+    except OSError as e: raise TheraError(f"cannot read the row list ({e.strerror})", path) from None
+    except UnicodeDecodeError as e: raise TheraError(f"the row list is not UTF-8 text (byte {e.start}): expected row numbers or image names", path) from None
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    if path.suffix.lower() == '.csv' or (lines and ',' in lines[0]):
+        try: frame = pd.read_csv(io.StringIO(text))
+        except Exception as e: raise TheraError(f"not a readable CSV ({e})", path) from None
+        col = next((c for c in ('row', 'name') if c in frame.columns), None)
+        if col is None: raise TheraError("a CSV row list needs a 'row' or 'name' column", path)
+        lines = frame[col].astype(str).tolist()
+    index, rows = {n: i for i, n in enumerate(names)}, []
+    for item in lines:
+        if item.isdigit() and int(item) < len(names): rows.append(int(item))
+        elif item in index: rows.append(index[item])
+        else: raise TheraError(f"{item!r} is neither a row number below {len(names)} nor a training image name", path)
+    return np.unique(np.asarray(rows, dtype=np.int64))
+
+
+def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
+    """The dataset, its decoded images, the rows `cfg` uses, the rows it leaves out of training (`cfg.exclude`)
+    and their data key; checks `cfg` against the data."""
+    ds = open_dataset(data)
+    excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
+    if cfg.distill is not None: open_run(cfg.distill)
+    images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
+    rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
+    return ds, images, rows, excluded, data_key(source_key(ds.train), ds.labels, rows, excluded)
+
+
+def fold_rows(data, cfg, fold, cache=None):
+    "(images, labels, train rows, valid rows) of fold `fold` of `cfg` on `data`, as the fit used them."
+    ds, images, rows, excluded, _ = prepare_data(data, cfg, cache)
+    return (images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, fold, excluded))

@@ -1,0 +1,114 @@
+"""How many steps a fold's fit takes: the epochs of its config, or what its time budget holds on this machine,
+measured on a few training steps of a throwaway copy of the model before the fit starts."""
+import copy, math, time
+from pathlib import Path
+
+import torch
+from fastai.callback.core import Callback, CancelFitException
+from fastai.learner import Learner
+
+from .callbacks import rng_states, set_rng_states
+from ..errors import TheraError
+
+__all__ = ['SpeedProbe', 'measure_speed', 'plan_steps', 'eval_seconds']
+
+PROBE_STEPS = 4  # timed steps after one untimed warm-up step (allocations, oneDNN kernel choice)
+MARGIN = 0.05  # share of the budget kept back for what the estimate misses (saving, a slower epoch)
+
+
+class SpeedProbe(Callback):
+    "Times training steps after `warmup` untimed ones, then stops the fit."
+    order = 99
+    def __init__(self, steps=PROBE_STEPS, warmup=1): self.steps, self.warmup, self.times = steps, warmup, []
+    def before_batch(self): self.t0 = time.perf_counter()
+    def after_batch(self):
+        if self.training and self.iter >= self.warmup: self.times.append(time.perf_counter() - self.t0)
+        if len(self.times) >= self.steps: raise CancelFitException()
+    def before_validate(self): raise CancelFitException()
+
+
+def measure_speed(learn, steps=PROBE_STEPS):
+    """What `learn` costs here, as a dict: seconds per training step (`step_s`), per image of an evaluation forward pass
+    (`eval_img_s`) and of a TTA pass with its augmentation (`aug_img_s`), and fixed seconds per epoch (`epoch_s`: a
+    checkpoint's write into the fold folder and a validation's own bookkeeping beyond its forward passes). Measured on
+    a copy of its model and optimizer settings: the learner, its weights and every random state are left as they were."""
+    states = rng_states(learn.dls)
+    probe_cb = SpeedProbe(steps)
+    probe = Learner(learn.dls, copy.deepcopy(learn.model), loss_func=learn.loss_func, opt_func=learn.opt_func, splitter=learn.splitter,
+                    lr=learn.lr, wd=learn.wd, cbs=[copy.copy(cb) for cb in learn.cbs if _is_speed(cb)])
+    try:
+        with probe.no_bar(), probe.no_logging(): probe.fit(1, cbs=[probe_cb])
+        xb = learn.dls.valid.one_batch()[0] if len(learn.dls.valid) else None
+        eval_s = _eval_seconds(probe, xb) if xb is not None else 0.0
+        epoch_s = _epoch_seconds(probe, learn.path, len(xb) * eval_s if xb is not None else 0.0)
+        aug_s = _augmented_seconds(probe, eval_s) if xb is not None else 0.0
+    finally: set_rng_states(states, learn.dls)
+    if not probe_cb.times: raise TheraError("the time budget needs at least two training batches to measure a step", param='budget')
+    return dict(step_s=sorted(probe_cb.times)[len(probe_cb.times) // 2], eval_img_s=eval_s, aug_img_s=aug_s, epoch_s=epoch_s)
+
+
+def _one_batch(dl): return dl.new(n=min(dl.bs, dl.n))
+
+
+def _augmented_seconds(learn, eval_img_s):
+    "Seconds per image of a TTA pass (augmentation on the batch, then the forward pass), from one TTA pass over one batch."
+    dl = _one_batch(learn.dls.valid)
+    t0 = time.perf_counter()
+    with learn.no_bar(), learn.no_logging(): learn.tta(dl=dl, n=1, beta=None)
+    return max((time.perf_counter() - t0) / dl.n - eval_img_s, eval_img_s)
+
+
+def _epoch_seconds(learn, folder, batch_eval_s):
+    "Seconds an epoch costs beyond its steps and forward passes: a checkpoint written there, a validation's overhead."
+    from .callbacks import _ckpt_bytes
+    from ..files import atomic_write
+    t0 = time.perf_counter()
+    data = _ckpt_bytes(learn, 0)
+    path = Path(folder)/'budget-probe.tmp'
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    path.unlink(missing_ok=True)
+    t1 = time.perf_counter()
+    with learn.no_bar(), learn.no_logging(): learn.validate(dl=_one_batch(learn.dls.valid))
+    return (t1 - t0) + max(time.perf_counter() - t1 - batch_eval_s, 0.0)
+
+
+def _is_speed(cb):
+    from fastai.callback.channelslast import ChannelsLast
+    from fastai.callback.fp16 import MixedPrecision
+    return isinstance(cb, (ChannelsLast, MixedPrecision))
+
+
+@torch.no_grad()
+def _eval_seconds(learn, xb, repeats=2):
+    "Seconds per image of the model's evaluation forward pass on a batch (best of `repeats`)."
+    model = learn.model.eval()
+    if any(type(cb).__name__ == 'ChannelsLast' for cb in learn.cbs): xb = xb.contiguous(memory_format=torch.channels_last)
+    best = math.inf
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter(); model(xb); best = min(best, time.perf_counter() - t0)
+    return best / len(xb)
+
+
+def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0):
+    """Seconds a fold spends outside its training steps: a plain validation pass and the fixed cost of each of its
+    `n_epochs`, then the out-of-fold predictions, `tta` augmented passes and a plain one."""
+    return n_valid * ((n_epochs + 1) * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
+
+
+def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta):
+    """The most training steps whose cost, with the validation of every epoch and the final out-of-fold predictions,
+    fits what is left of `budget_s` after `spent_s` at `speed` (`measure_speed`'s dict); a dict with the steps, the
+    epochs they span and the estimate. A budget that holds no step is one `TheraError` saying what things cost."""
+    left, step_s = budget_s * (1 - MARGIN) - spent_s, speed['step_s']
+    def cost(n): return eval_seconds(n, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'])
+    best = None
+    for n in range(1, 100_000):
+        eval_s = cost(n)
+        steps = int((left - eval_s) / step_s)
+        if steps <= (n - 1) * n_iter: break  # one more epoch's evaluation leaves no room for its steps
+        best = dict(steps=min(steps, n * n_iter), epochs=n, eval_seconds=eval_s)
+    if best is None:
+        raise TheraError(f"{budget_s:g} s holds no training step: a step takes {step_s:.2f} s and evaluating the "
+                         f"{n_valid} held-out rows {cost(1):.0f} s here", param='budget')
+    return dict(best, budget=budget_s, step_seconds=step_s, eval_image_seconds=speed['eval_img_s'], tta_image_seconds=speed['aug_img_s'],
+                epoch_seconds=speed['epoch_s'], steps_per_epoch=n_iter, planned_seconds=spent_s + best['steps'] * step_s + best['eval_seconds'])

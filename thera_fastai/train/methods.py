@@ -1,0 +1,152 @@
+"""How a fold's weights are updated: the optimizer, the schedule over the fit's steps, and the pieces of airbench's
+training method (Nesterov SGD with per-group rates, Lookahead, the whitening bias's freeze, alternating flips)."""
+from functools import partial
+
+import numpy as np
+import torch
+from torch import nn
+from fastai.callback.core import Callback, CancelTrainException
+from fastai.callback.schedule import ParamScheduler, combined_cos
+from fastai.optimizer import OptimWrapper
+
+from ..compat import keep_cancelled_train_metrics
+
+__all__ = ['fit_step', 'StepSchedule', 'StopAtStep', 'Lookahead', 'WhitenBiasFreeze', 'AlternatingFlip', 'airbench_splitter',
+           'airbench_opt', 'airbench_rates', 'method_callbacks', 'one_cycle_scheds', 'airbench_lr_curve']
+
+
+def fit_step(learn):
+    "The training step the fit is at, counted over every epoch (fastai's `train_iter` restarts at 0 on a resume)."
+    return learn.epoch * learn.n_iter + learn.iter
+
+
+class StepSchedule(ParamScheduler):
+    """fastai's `ParamScheduler` driven by the step count over `total_steps` instead of the epoch fraction, so a fit
+    whose last epoch is cut short (a time budget) still runs its schedule to the end at its last step."""
+    def __init__(self, scheds, total_steps): super().__init__(scheds); self.total = total_steps
+    def before_batch(self):
+        if self.training: self._update_val(min(fit_step(self.learn) / max(self.total - 1, 1), 1.0))
+
+
+class StopAtStep(Callback):
+    """Ends the training phase of the epoch at `total_steps`: the last epoch of a budgeted fit is a fraction of one,
+    whose train loss the history keeps (fastai's `Recorder` drops the training metrics of a cancelled phase)."""
+    order = 55  # after the Recorder's own reaction to the cancel, which it undoes
+    def __init__(self, total_steps): self.total = total_steps
+    def before_batch(self):
+        if self.training and fit_step(self.learn) >= self.total: raise CancelTrainException()
+    def after_cancel_train(self): keep_cancelled_train_metrics(self.learn.recorder)
+
+
+def _float_state(model): return {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+class Lookahead(Callback):
+    """airbench's Lookahead: every `every` steps the weights (and BatchNorm statistics) move to an average that
+    follows them with decay `0.95^5 (step/total)^3`, so early steps are nearly forgotten and late ones smoothed; the
+    fit ends on the average. Its state rides in the epoch checkpoints (`checkpoint_state` / `load_checkpoint_state`)."""
+    order = 64
+    def __init__(self, total_steps, every=5): self.total, self.every, self.avg, self.pending = total_steps, every, None, None
+
+    def before_fit(self):
+        self.avg = {k: v.detach().clone() for k, v in _float_state(self.learn.model).items()}
+        if self.pending is not None: self._load(self.pending); self.pending = None
+
+    def _decay(self, step): return 0.95 ** 5 * (step / self.total) ** 3
+
+    def after_step(self):
+        step = fit_step(self.learn) + 1
+        if step % self.every == 0: self._pull(self._decay(step))
+
+    @torch.no_grad()
+    def _pull(self, decay):
+        for k, live in _float_state(self.learn.model).items():
+            self.avg[k].lerp_(live, 1 - decay)
+            live.copy_(self.avg[k])
+
+    def after_fit(self):
+        "Ends on the average, which first takes in the steps since the last pull (airbench drops them; a short fit would lose all)."
+        if self.total % self.every: self._pull(self._decay(self.total))
+        self._pull(1.0)
+    def checkpoint_state(self): return {k: v.detach().cpu().clone() for k, v in self.avg.items()}
+    def load_checkpoint_state(self, state):
+        if self.avg is None: self.pending = state
+        else: self._load(state)
+    def _load(self, state):
+        for k, v in state.items(): self.avg[k].copy_(v)
+
+
+class WhitenBiasFreeze(Callback):
+    "Trains the whitening layer's bias for the first `steps` steps only (its weights never train), as airbench does."
+    order = -4
+    def __init__(self, steps): self.steps = steps
+    def before_batch(self):
+        if not self.training: return
+        bias = self.learn.model[0].bias
+        bias.requires_grad_(fit_step(self.learn) < self.steps)
+        if not bias.requires_grad: bias.grad = None  # SGD skips a parameter without a gradient: no momentum, no decay
+
+
+class AlternatingFlip(Callback):
+    """airbench's alternating flip: each training image is mirrored in every other epoch, starting from a random
+    half, instead of at random in each: every image is seen both ways every two epochs. Needs the cache-gathering
+    DataLoader, which says which rows a batch holds."""
+    order = 4  # after the batch transforms (fastai's random flip is off for this method), before the model
+    def __init__(self, n_rows, seed): self.first = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, n_rows).astype(bool))
+    def before_batch(self):
+        if not self.training: return
+        rows = getattr(getattr(self.dl, 'dl', self.dl), 'batch_rows', None)
+        if rows is None: return
+        flip = self.first[torch.as_tensor(np.asarray(rows))] ^ bool(self.epoch % 2)
+        x = self.learn.xb[0]
+        self.learn.xb = (torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x),)
+
+
+def airbench_splitter(model):
+    "airbench's two parameter groups: the BatchNorm biases (a 64x larger rate), then every other trained parameter."
+    norm = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    biases = [m.bias for m in norm if m.bias is not None]
+    ids = {id(p) for p in biases}
+    others = [p for p in model.parameters() if id(p) not in ids and (p.requires_grad or p is model[0].bias)]
+    return [[p for p in biases if p.requires_grad], others]
+
+
+def airbench_opt(momentum):
+    "torch's Nesterov SGD as a fastai optimizer, over `airbench_splitter`'s groups."
+    return partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=momentum, nesterov=True))
+
+
+def airbench_rates(lr, wd, bs, hyp):
+    """airbench's decoupled lr and wd (per 1024 examples) as torch SGD's per-group lr and coupled weight decay for
+    batches of `bs` whose loss is a mean. Nesterov momentum `m` makes steps `1 + 1/(1-m)` times the gradient, which
+    the rate divides out; the decay per step, lr * weight_decay, is the same for both groups."""
+    kilostep = 1024 * (1 + 1 / (1 - hyp['momentum']))
+    base = lr * bs / kilostep
+    lrs = [base * hyp['bias_scaler'], base]
+    decay = wd * bs / kilostep
+    return lrs, [decay / r for r in lrs]
+
+
+def airbench_lr_curve(hyp):
+    "The lr multiplier at fraction `pos` of the steps: a linear warm-up from `lr_start`, then a linear fall to `lr_end`."
+    w, start, end = hyp['warmup'], hyp['lr_start'], hyp['lr_end']
+    def curve(pos): return start + (1 - start) * pos / w if pos < w else 1 + (end - 1) * (pos - w) / (1 - w)
+    return curve
+
+
+def one_cycle_scheds(lr, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
+    "fastai's `fit_one_cycle` schedules (its defaults), for a `StepSchedule`."
+    return {'lr': combined_cos(pct_start, lr / div, lr, lr / div_final), 'mom': combined_cos(pct_start, *moms)}
+
+
+def method_callbacks(cfg, total_steps, n_rows):
+    "The callbacks of `cfg`'s training method over a fit of `total_steps` steps (`n_rows`: the rows of the image cache)."
+    if cfg.method != 'airbench':
+        return [StepSchedule(one_cycle_scheds(cfg.lr), total_steps), StopAtStep(total_steps)] if cfg.budget else []
+    hyp, lrs = cfg.hyp, airbench_rates(cfg.lr, cfg.wd, cfg.bs, cfg.hyp)[0]
+    curve = airbench_lr_curve(hyp)
+    cbs = [StepSchedule({'lr': lambda pos: [r * curve(pos) for r in lrs]}, total_steps), StopAtStep(total_steps)]
+    if hyp['whiten']: cbs.append(WhitenBiasFreeze(round(hyp['whiten_bias'] * total_steps)))
+    if hyp['lookahead']: cbs.append(Lookahead(total_steps, hyp['lookahead_every']))
+    if cfg.alternating_flip: cbs.append(AlternatingFlip(n_rows, cfg.seed))
+    return cbs
