@@ -232,7 +232,7 @@ def sweep(
     data:str = None, # The exercise zip or its extracted folder
     out:str = _C['sweep_out'], # Study folder: a run folder per trial, and the SQLite storage by default
     trials:int = _C['trials'], # Trials this worker runs; start the same command elsewhere to add workers
-    space:str = None, # Search space, a JSON or YAML file (default: thera_fastai.sweep.DEFAULT_SPACE)
+    space:str = None, # Search space, a JSON or YAML file (default: thera_fastai.train.sweep.DEFAULT_SPACE)
     study:str = _C['study'], # Study name within the storage
     storage:str = None, # Database URL (sqlite:///..., postgresql://...) or a .log/.journal file on a shared filesystem
     prune_above:float = None, # Stop a trial whose HTER after a fold is above this (the median pruner runs too)
