@@ -3,7 +3,6 @@ measured on a few training steps of a throwaway copy of the model before the fit
 import copy, math, time
 from pathlib import Path
 
-import torch
 from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 
@@ -38,10 +37,11 @@ def measure_speed(learn, steps=PROBE_STEPS):
                     lr=learn.lr, wd=learn.wd, cbs=[copy.copy(cb) for cb in learn.cbs if _is_speed(cb)])
     try:
         with probe.no_bar(), probe.no_logging(): probe.fit(1, cbs=[probe_cb])
-        xb = learn.dls.valid.one_batch()[0] if len(learn.dls.valid) else None
-        eval_s = _eval_seconds(probe, xb) if xb is not None else 0.0
-        epoch_s = _epoch_seconds(probe, learn.path, len(xb) * eval_s if xb is not None else 0.0)
-        aug_s = _augmented_seconds(probe, eval_s) if xb is not None else 0.0
+        has_valid = len(learn.dls.valid) > 0
+        dl = _one_batch(learn.dls.valid) if has_valid else None
+        eval_s = _eval_seconds(probe, dl) if has_valid else 0.0
+        epoch_s = _epoch_seconds(probe, learn.path, dl.n * eval_s if has_valid else 0.0)
+        aug_s = _augmented_seconds(probe, eval_s) if has_valid else 0.0
     finally: set_rng_states(states, learn.dls)
     if not probe_cb.times: raise TheraError("the time budget needs at least two training batches to measure a step", param='budget')
     return dict(step_s=sorted(probe_cb.times)[len(probe_cb.times) // 2], eval_img_s=eval_s, aug_img_s=aug_s, epoch_s=epoch_s)
@@ -78,15 +78,15 @@ def _is_speed(cb):
     return isinstance(cb, (ChannelsLast, MixedPrecision))
 
 
-@torch.no_grad()
-def _eval_seconds(learn, xb, repeats=2):
-    "Seconds per image of the model's evaluation forward pass on a batch (best of `repeats`)."
-    model = learn.model.eval()
-    if any(type(cb).__name__ == 'ChannelsLast' for cb in learn.cbs): xb = xb.contiguous(memory_format=torch.channels_last)
+def _eval_seconds(learn, dl, repeats=2):
+    """Seconds per image of a plain prediction pass over `dl` through the learner's own callbacks (its autocast and
+    memory format, as the fit's validation runs), best of `repeats` after one untimed pass."""
     best = math.inf
     for _ in range(repeats + 1):
-        t0 = time.perf_counter(); model(xb); best = min(best, time.perf_counter() - t0)
-    return best / len(xb)
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging(): learn.get_preds(dl=dl)
+        best = min(best, time.perf_counter() - t0)
+    return best / dl.n
 
 
 def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0):
