@@ -24,7 +24,7 @@ def default_out(cfg: FitConfig, root='runs', longest=48):
     from .files import short_hash
     base = FitConfig(arch=cfg.arch, method=cfg.method).to_dict()  # the method's own lr, wd and bs are its recipe
     diff = {k: v for k, v in cfg.to_dict().items() if base.get(k) != v and k != 'hyp' and v is not None}  # (a budget's epochs: None)
-    diff.update({k: Path(diff[k]).stem for k in ('exclude', 'distill') if k in diff})  # the file or teacher, not its folders
+    diff.update({k: Path(diff[k]).stem for k in ('exclude', 'distill', 'pseudo') if k in diff})  # the file or teacher, not its folders
     diff.update({k: v for k, v in (cfg.hyp or {}).items() if (base['hyp'] or {}).get(k) != v})
     if not diff and cfg.method == 'adam': return Path(root)/cfg.arch
     if cfg.budget: diff['budget'] = f"{cfg.budget / 60:g}m"

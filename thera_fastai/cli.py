@@ -124,6 +124,9 @@ def fit(
     exclude:str = _D.exclude, # File of rows or image names to leave out of training (e.g. thera-audit's label_issues.csv)
     distill:str = _D.distill, # Teacher run folder (same folds and seed): its fold model's probabilities become soft targets
     distill_weight:float = _D.distill_weight, # Weight of the teacher's probability in the soft target
+    pseudo:str = _D.pseudo, # Teacher run folder (same folds and seed): its fold model labels the val_img/ images, which join training
+    pseudo_confidence:float = _D.pseudo_confidence, # Keep a val_img/ image when the teacher's max(p, 1-p) is at least this
+    pseudo_targets:str = _D.pseudo_targets, # A kept image's target: hard (the teacher's call at 0.5) or soft (its probability)
     device:str = Runtime.device, # auto (a GPU where one is visible), cpu or cuda
     precision:str = Runtime.precision, # bf16, fp16 (CUDA), fp32, or auto: bf16 where native, else fp16 on a GPU, else fp32
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
@@ -139,7 +142,8 @@ def fit(
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
-                      ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight)
+                      ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
+                      pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)
         from .api import default_out, make_config
         from .train.distributed import is_main
         out = Path(out) if out else None

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import TheraError
 
-__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
 
 # Each arch's recipe ('timm': any timm model name); where each value comes from, with the figures that chose it:
 # docs/design.md, *Recipes*.
@@ -45,6 +45,7 @@ PRECISIONS = ('auto', 'bf16', 'fp16', 'fp32')
 SCHEDULES = ('one_cycle', 'step', 'constant')
 BALANCES = ('sampler', 'loss', 'none')
 DEVICES = ('auto', 'cpu', 'cuda')
+PSEUDO_TARGETS = ('hard', 'soft')  # a pseudo-labelled image's target: the teacher's 0/1 call at 0.5, or its probability
 
 
 def arch_stems(arch):
@@ -102,6 +103,9 @@ class FitConfig:
     exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
     distill: str = None  # Teacher run folder: its fold model's TTA probabilities become soft targets
     distill_weight: float = 0.5  # Weight of the teacher's probability in the soft target (the label has the rest)
+    pseudo: str = None  # Teacher run folder: its fold model labels the unlabelled val_img/ images, which join the training rows
+    pseudo_confidence: float = 0.9  # Keep a val_img/ image when the teacher's max(p, 1 - p) is at least this
+    pseudo_targets: str = 'hard'  # A kept image's target: hard (the teacher's call at 0.5) or soft (its probability)
     hyp: dict = None  # The airbench method's settings (None: AIRBENCH; a dict replaces some of them, e.g. {'lookahead': False})
     image_size: tuple = IMAGE_SHAPE  # (height, width, channels) of the images
 
@@ -116,7 +120,7 @@ class FitConfig:
         self.image_size = tuple(self.image_size)
         if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
-        for k in ('exclude', 'distill'):  # absolute, so a notebook in another folder finds them
+        for k in ('exclude', 'distill', 'pseudo'):  # absolute, so a notebook in another folder finds them
             if getattr(self, k) is not None: setattr(self, k, os.path.abspath(os.path.expanduser(getattr(self, k))))
         self._check()
 
@@ -162,6 +166,9 @@ class FitConfig:
             if self.epochs < 2: raise TheraError("needs at least 2 epochs: the first half at low resolution, the rest at full size", param='resize_from')
         if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
         if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
+        _choice(self.pseudo_targets, PSEUDO_TARGETS, 'pseudo_targets')
+        if not isinstance(self.pseudo_confidence, (int, float)) or not 0.5 <= self.pseudo_confidence < 1: raise TheraError(f"must be in [0.5, 1) (got {self.pseudo_confidence!r})", param='pseudo_confidence')
+        if self.pseudo is not None and self.distill is not None: raise TheraError("and --distill both take a teacher: give one", param='pseudo')
         if not 0 < self.distill_weight <= 1: raise TheraError(f"must be in (0, 1] (got {self.distill_weight!r})", param='distill_weight')
         if self.image_size != IMAGE_SHAPE: raise TheraError(f"must be {IMAGE_SHAPE} (got {self.image_size})", param='image_size')
 

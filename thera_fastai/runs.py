@@ -26,20 +26,31 @@ def read_history(path):
         raise TheraError(f"history is not a readable CSV ({e})", path) from None
 
 
-def run_id(cfg: FitConfig, dkey, teacher_id=None):
+PSEUDO_FIELDS = ('pseudo', 'pseudo_confidence', 'pseudo_targets')
+
+
+def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
-    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id."""
+    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id, the
+    pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, so the
+    ids of runs written before they existed still hold."""
     identity = cfg.to_dict()
     if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
     if cfg.distill is not None: identity['distill'] = teacher_id
+    if cfg.pseudo is None:
+        for k in PSEUDO_FIELDS: identity.pop(k)
+    else: identity['pseudo'] = [teacher_id, unlabeled_key]
     return short_hash(identity, dkey)
 
 
 def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
-    teacher_id = open_run(cfg.distill)['run_id'] if cfg.distill is not None else None
-    return dict(run_id=run_id(cfg, dkey, teacher_id), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()), n_images=len(rows),
-                versions=library_versions(), command=command_line())
+    from .data.cache import source_key
+    teacher = cfg.distill or cfg.pseudo
+    teacher_id = open_run(teacher)['run_id'] if teacher is not None else None
+    unlabeled_key = source_key(ds.val) if cfg.pseudo is not None else None
+    return dict(run_id=run_id(cfg, dkey, teacher_id, unlabeled_key), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()),
+                n_images=len(rows), versions=library_versions(), command=command_line())
 
 
 def open_run(out):

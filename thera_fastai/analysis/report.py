@@ -54,7 +54,7 @@ def cv_summary(oof, prob='prob_tta'):
 
 
 _FOLD_KEYS = ('at_05', 'at_05_plain', 'threshold', 'fit_seconds', 'fold_seconds', 'images_seen', 'epochs_run', 'steps', 'n_train', 'n_valid',
-              'runtime', 'resumed_from_epoch', 'profile')
+              'runtime', 'resumed_from_epoch', 'profile', 'pseudo')
 
 
 def run_summary(out, run=None, only=None):
@@ -90,7 +90,8 @@ def markdown_report(summary):
              "Out-of-fold metrics at threshold 0.5 (TTA probabilities; `plain` = without TTA):", "",
              head, "|" + "---|" * (len(_COLS) + 2)]
     for k, f in sorted(summary['folds'].items(), key=lambda kv: int(kv[0])):
-        lines.append(_row(f"fold {k}", f['at_05'], f"fit {f['fit_seconds'] / 60:.1f} min ({_how(f)}), own threshold {f['threshold']:.3f}"))
+        pseudo = f", {f['pseudo']['kept']} pseudo-labelled images" if f.get('pseudo') else ''
+        lines.append(_row(f"fold {k}", f['at_05'], f"fit {f['fit_seconds'] / 60:.1f} min ({_how(f)}), own threshold {f['threshold']:.3f}{pseudo}"))
     if 'pooled' in summary:
         p, pp = summary['pooled'], summary['pooled_plain']
         lines += [_row('pooled', p['at_05']), _row('pooled, plain', pp['at_05']),

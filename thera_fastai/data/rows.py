@@ -40,9 +40,10 @@ def read_row_list(path, names):
 def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
     """The dataset, its decoded images, the rows `cfg` uses, the rows it leaves out of training (`cfg.exclude`)
     and their data key; checks `cfg` against the data."""
-    ds = open_dataset(data)
+    ds = open_dataset(data, need_val=cfg.pseudo is not None)
     excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
-    if cfg.distill is not None: open_run(cfg.distill)
+    for teacher in (cfg.distill, cfg.pseudo):
+        if teacher is not None: open_run(teacher)
     images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
     rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
     return ds, images, rows, excluded, data_key(source_key(ds.train), ds.labels, rows, excluded)

@@ -13,6 +13,7 @@ from .callbacks import checkpoints
 from ..progress import labelled_bar
 from .distributed import barrier, is_main, start_process_group, world_size
 from ..analysis.report import run_summary, write_run_report
+from ..data.cache import cached_images
 from ..data.rows import prepare_data
 from ..runs import claim_run, fold_dir, fold_done, fold_lock, run_record
 from .training import train_fold
@@ -35,6 +36,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     check_start_weights(cfg.arch, **cfg.model_kwargs())
     ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     fold_splits(ds.labels[rows], cfg.folds, cfg.seed)  # refuses more folds than the rarer class has images, before any write
+    unlabeled = cached_images(ds.val, cache, n_threads=runtime.threads, log=log) if cfg.pseudo is not None else None
     run = run_record(cfg, ds, rows, dkey)
     start_process_group(rt['device'])
     if is_main(): claim_run(make_folder(out, 'output'), run); clean_stale_temps(out)
@@ -48,7 +50,8 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         with (fold_lock(out, k) if is_main() else nullcontext(fold_dir(out, k))) as folder:
             left_out = f" ({len(rows) - len(valid_rows) - len(train_rows)} excluded)" if len(excluded) else ''
             say(f"fold {k}/{cfg.folds}: training on {len(train_rows)} images{left_out}, validating on {len(valid_rows)} ({_how(rt)})")
-            try: info = train_fold(images, ds.labels, train_rows, valid_rows, cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log, cbs=cbs)
+            try: info = train_fold(images, ds.labels, train_rows, valid_rows, cfg, rt, folder, run['run_id'], fold=k, bars=bars, log=log, cbs=cbs,
+                                   unlabeled=unlabeled)
             except KeyboardInterrupt: raise KeyboardInterrupt(_interrupted(done, k, folder)) from None
         done.append(k)
         if info: say(f"fold {k}: HTER {info['at_05']['hter']:.4f} at 0.5 (TTA), AUC {info['at_05']['auc']:.4f}")

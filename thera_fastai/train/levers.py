@@ -1,4 +1,4 @@
-"""Training levers a recipe can switch on: progressive resizing, an EMA of the weights, distillation targets."""
+"""Training levers a recipe can switch on: progressive resizing, an EMA of the weights, soft targets from a teacher."""
 from pathlib import Path
 
 import numpy as np
@@ -8,7 +8,7 @@ from fastai.callback.core import Callback
 
 from ..errors import TheraError
 
-__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_probs', 'lever_callbacks']
+__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_probs', 'lever_callbacks']
 
 
 class ProgressiveResize(Callback):
@@ -52,8 +52,10 @@ class WeightEMA(Callback):
 
 
 class SoftTargets(Callback):
-    """Distillation: each training batch's 0/1 labels become `weight * teacher probability + (1 - weight) * label`,
-    looked up by cache row (the rows the batch loader gathered)."""
+    """Soft targets: each training batch's 0/1 labels become `weight * probability + (1 - weight) * label`, with the
+    probability looked up by cache row (the rows the batch loader gathered); a row whose probability is NaN keeps its
+    label. Distillation gives every training row a teacher's probability; soft pseudo-labels give the unlabelled rows
+    theirs at weight 1."""
     order = 6
     def __init__(self, probs_by_row, weight=0.5): self.probs, self.weight = probs_by_row, weight
 
@@ -62,32 +64,38 @@ class SoftTargets(Callback):
         dl = getattr(self.dl, 'dl', self.dl)
         rows = getattr(dl, 'batch_rows', None)
         y = self.learn.yb[0]
-        if rows is None or len(rows) != len(y): raise TheraError("distillation needs the cache-gathering DataLoader (CacheDL)")
-        teacher = torch.as_tensor(self.probs[rows], dtype=torch.float32, device=y.device)
-        self.learn.yb = ((1 - self.weight) * y.float() + self.weight * teacher,)
+        if rows is None or len(rows) != len(y): raise TheraError("soft targets need the cache-gathering DataLoader (CacheDL)")
+        probs = torch.as_tensor(self.probs[rows], dtype=torch.float32, device=y.device)
+        y = y.float()
+        self.learn.yb = (torch.where(torch.isnan(probs), y, (1 - self.weight) * y + self.weight * probs),)
 
 
-def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
-    """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from the teacher run's fold whose
-    held-out rows include all of `valid_idx`: that model never trained on the rows the student is scored on."""
+def teacher_fold(run_dir, valid_idx, device='cpu'):
+    """The `FoldModel` of the teacher run's finished fold whose held-out rows include all of `valid_idx`: that model
+    never trained on the rows the student is scored on. Any other fold is refused."""
     from ..infer.ensemble import FoldModel
     from .learner import load_fold_learner
     from ..runs import finished_folds, fold_dir, open_run, read_oof
     valid = set(np.asarray(valid_idx).tolist())
     for k, info in finished_folds(run_dir, open_run(run_dir)).items():
         if valid <= set(read_oof(run_dir, [k])['row'].tolist()):
-            teacher = FoldModel(k, load_fold_learner(fold_dir(run_dir, k), device=device), info['threshold'])
-            probs = np.full(len(images), np.nan, np.float32)
-            probs[train_idx] = teacher.predict(images[np.asarray(train_idx)], tta=0)
-            return probs
+            return FoldModel(k, load_fold_learner(fold_dir(run_dir, k), device=device), info['threshold'])
     raise TheraError("no finished fold of the teacher held out all of this fold's validation rows "
                      "(train the teacher with the same folds, seed and sample)", Path(run_dir))
 
 
+def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
+    "P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model."
+    teacher = teacher_fold(run_dir, valid_idx, device)
+    probs = np.full(len(images), np.nan, np.float32)
+    probs[train_idx] = teacher.predict(images[np.asarray(train_idx)], tta=0)
+    return probs
+
+
 def lever_callbacks(cfg, soft_targets=None):
-    "The callbacks of `cfg`'s levers (progressive resizing, EMA, distillation)."
+    "The callbacks of `cfg`'s levers (progressive resizing, EMA, distillation or soft pseudo-labels)."
     cbs = []
     if cfg.resize_from: cbs.append(ProgressiveResize(cfg.resize_from, cfg.epochs // 2))
     if cfg.ema: cbs.append(WeightEMA(cfg.ema))
-    if soft_targets is not None: cbs.append(SoftTargets(soft_targets, cfg.distill_weight))
+    if soft_targets is not None: cbs.append(SoftTargets(soft_targets, 1.0 if cfg.pseudo else cfg.distill_weight))
     return cbs

@@ -9,12 +9,14 @@ from fastai.torch_core import set_seed
 
 from .callbacks import ClosedAutocast, EpochCheckpoint, HistoryCSV, StopOnNonFinite, checkpoints, load_checkpoint, resume_callbacks
 from ..config import FitConfig, command_line, library_versions
+from ..errors import TheraError
 from ..data.loaders import fold_dataloaders, image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from ..files import file_hash, short_hash, write_json
 from ..infer.inference import predict_probs
 from .budget import measure_speed, plan_steps
 from .levers import lever_callbacks, teacher_probs
+from .pseudo import with_pseudo_labels
 from .methods import method_callbacks
 from ..models import model_profile, whiten_init
 from .callbacks import _unwrapped
@@ -60,20 +62,26 @@ def _whiten(learn, cfg, images, train_idx, stats):
     whiten_init(_unwrapped(learn.model)[0], x, cfg.hyp['whiten_eps'])
 
 
-def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False, log=print, cbs=None):
+def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False, log=print, cbs=None,
+               unlabeled=None):
     """Fits one fold (resuming from its newest checkpoint), saves its weights, out-of-fold predictions and history.
 
     `runtime` is `Runtime.resolved()`. Returns the fold's record, also saved as `fold.json` once
     everything else is on disk: the config, normalization statistics, threshold, versions, how it ran.
     Launched as several processes (`torchrun`), the fold trains data-parallel and rank 0 writes (the others return None).
-    `cbs`: extra fastai callbacks for the fit."""
+    `cbs`: extra fastai callbacks for the fit. `unlabeled`: the val_img/ images that `cfg.pseudo` labels."""
     t0 = time.time()  # a budget counts from here
     folder = Path(folder).resolve()  # fastai joins relative file names onto learn.path, itself the fold folder
     set_seed(cfg.seed + fold, reproducible=True)
-    stats = image_stats(images, train_idx)
-    dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
+    stats = image_stats(images, train_idx)  # the labelled training rows only, as the whitening below
+    fit_images, fit_labels, fit_idx, soft, pseudo = images, labels, train_idx, None, None
+    if cfg.pseudo:
+        if unlabeled is None: raise TheraError("needs the unlabelled images (train_fold's `unlabeled`)", param='pseudo')
+        fit_images, fit_labels, fit_idx, soft, pseudo = with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, runtime['device'], log, fold)
+        set_seed(cfg.seed + fold, reproducible=True)  # the teacher's TTA drew random numbers
+    dls = fold_dataloaders(fit_images, fit_labels, fit_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
                            device=runtime['device'], **cfg.aug_kwargs())
-    learn = thera_learner(dls, cfg, folder, np.asarray(labels)[train_idx], runtime)
+    learn = thera_learner(dls, cfg, folder, np.asarray(fit_labels)[fit_idx], runtime)
     _whiten(learn, cfg, images, train_idx, stats)
     start, rng = load_checkpoint(learn, folder)
     plan = rng['plan'] if rng and 'plan' in rng else _plan(learn, cfg, len(valid_idx), t0)
@@ -81,10 +89,10 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
                                       f"({plan['steps'] / plan['steps_per_epoch']:.2f} epochs) at {plan['step_seconds']:.2f} s a step")
     finished = start >= plan['epochs']
     if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
-    soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device']) if cfg.distill and not finished else None
+    if cfg.distill and not finished: soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device'])
     extra = list(cbs or [])
     cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan),
-           *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(images))]
+           *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(fit_images))]
     resume_callbacks(cbs, rng)
     cbs += extra
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
@@ -98,12 +106,12 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if world_size() > 1: log(f"fold {fold}, rank {rank()} of {world_size()}: weights {short_hash(weights_bytes(learn.model))}")
     if not is_main(): barrier(); return None
     how = dict(runtime, world_size=world_size())
-    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0)
+    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0, pseudo)
     barrier()
     return info
 
 
-def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0):
+def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None):
     "Rank 0's part after the fit: out-of-fold predictions, weights, `fold.json` last, checkpoints removed."
     targs = np.asarray(labels)[valid_idx]
     compile = False if cfg.budget else None  # a budget's estimate has no room for compiling
@@ -116,6 +124,7 @@ def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folde
                 n_valid=len(valid_idx), fit_seconds=fit_s, images_seen=int(done_steps * cfg.bs), steps=plan,
                 epochs_run=plan['steps'] / plan['steps_per_epoch'] if plan['steps_per_epoch'] else 0.0, fold_seconds=time.time() - t0, resumed_from_epoch=start, runtime=runtime, versions=library_versions(), command=command_line(), profile=model_profile(_unwrapped(learn.model)),
                 files={n: file_hash(folder/n) for n in FOLD_FILES})
+    if pseudo is not None: info['pseudo'] = pseudo
     write_json(folder/FOLD_FILE, info)
     for _, ckpt in checkpoints(folder): ckpt.unlink(missing_ok=True)
     return info
