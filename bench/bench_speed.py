@@ -87,6 +87,43 @@ def predict_rate(learn, images, tta):
     return len(images) / (time.perf_counter() - t)
 
 
+def seed_model():
+    "The seed's CNN as the seed wrote it: the simple arch's layers with torch's own dropout."
+    from thera_fastai.models import ByteDropout, simple_cnn
+    model = simple_cnn()
+    for i, m in enumerate(model):
+        if isinstance(m, ByteDropout): model[i] = torch.nn.Dropout(m.p)
+    return model
+
+
+def seed_pipeline(data, labels, rows, folder, bs=32, workers=2, seconds=30):
+    """Training images/s of the seed's pipeline on JPEG files of `rows`: a PIL decode and torchvision augmentation per
+    item (flip, the same light affine), `bs` 32, `workers` loader processes, torch's Adam, contiguous fp32."""
+    from PIL import Image
+    from torchvision import transforms as T
+    ds = open_dataset(data)
+    for r in rows: (folder/ds.train.names[r]).write_bytes(ds.train.read(ds.train.names[r]))
+    aug = T.Compose([T.RandomHorizontalFlip(), T.RandomAffine(5, translate=(2 / 64, 2 / 64)), T.ToTensor(),
+                     T.Normalize([0.5] * 3, [0.25] * 3)])
+    class Files(torch.utils.data.Dataset):
+        def __len__(self): return len(rows)
+        def __getitem__(self, i):
+            img = Image.open(folder/ds.train.names[rows[i]]).convert('RGB')
+            return aug(img), torch.tensor(float(labels[rows[i]]))
+    dl = torch.utils.data.DataLoader(Files(), batch_size=bs, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
+    model = seed_model().train()
+    opt, lossf = torch.optim.Adam(model.parameters(), 1e-3), torch.nn.BCEWithLogitsLoss()
+    n, t, warm = 0, None, 5
+    while t is None or time.perf_counter() - t < seconds:
+        for x, y in dl:
+            opt.zero_grad(); lossf(model(x).view(-1), y).backward(); opt.step()
+            warm -= 1
+            if warm == 0: t = time.perf_counter()
+            elif warm < 0: n += len(x)
+            if t is not None and time.perf_counter() - t >= seconds: break
+    return n / (time.perf_counter() - t)
+
+
 def ingest(data):
     "Seconds to decode train + val into a fresh cache, and to reopen them from it."
     with tempfile.TemporaryDirectory() as tmp:
@@ -109,10 +146,16 @@ def main():
     p.add_argument('--tta', type=int, default=4)
     p.add_argument('--seconds', type=float, default=10, help='per bare-step measurement')
     p.add_argument('--repeats', type=int, default=3, help='end-to-end and channels-last bare-step measurements, interleaved; the best counts')
+    p.add_argument('--precisions', default=None, help='e.g. fp32 (default: fp32, and bf16 where the hardware runs it natively)')
+    p.add_argument('--seed-pipeline', action='store_true', help="also time the seed's pipeline beside --arch simple in fp32 on the same images")
+    p.add_argument('--profile', action='store_true', help="with --seed-pipeline: profile --arch simple's fp32 fit by operator")
+    p.add_argument('--no-ingest', action='store_true', help='skip the decode-into-a-fresh-cache timing')
     a = p.parse_args()
-    first, again, n = ingest(a.data)
-    print(f"ingest: {n} JPEGs decoded into the cache in {first:.1f} s ({n / first:,.0f}/s); reopened in {again:.2f} s")
-    precisions = ['fp32', 'bf16'] if native_bf16() else ['fp32']
+    if a.seed_pipeline: compare_seed(a)
+    if not a.no_ingest:
+        first, again, n = ingest(a.data)
+        print(f"ingest: {n} JPEGs decoded into the cache in {first:.1f} s ({n / first:,.0f}/s); reopened in {again:.2f} s")
+    precisions = a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']
     gflops = {p: matmul_gflops(p) for p in precisions}
     print("matmul: " + ', '.join(f"{p} {g:.0f} GFLOP/s" for p, g in gflops.items()) + f" on {torch.get_num_threads()} threads")
     ds = open_dataset(a.data, need_val=True)
@@ -137,6 +180,38 @@ def main():
             print(f"| {spec} | {precision} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops[precision]:.0f}% | "
                   f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
     print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def profile_fit(learn, images, labels, cfg, n_train, top=12):
+    "Where an end-to-end fit's time goes: torch.profiler's operators by own CPU time, a Markdown table of the `top` ones."
+    from torch.profiler import ProfilerActivity, profile
+    tr, va = fold_splits(labels, 5, cfg.seed)[0]
+    learn.dls = fold_dataloaders(images, labels, tr[:n_train], va[:cfg.bs], bs=cfg.bs)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, learn.no_bar(), learn.no_logging():
+        t = time.perf_counter(); learn.fit_one_cycle(1, cfg.lr); total = time.perf_counter() - t
+    ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    print(f"profile of a {n_train}-row fit ({total:.1f} s, {n_train / total:.0f} img/s under the profiler):")
+    print("| operator | calls | own CPU s | share |\n|---|---|---|---|")
+    for e in ops: print(f"| {e.key} | {e.count} | {e.self_cpu_time_total / 1e6:.2f} | {100 * e.self_cpu_time_total / 1e6 / total:.0f}% |")
+
+
+def compare_seed(a):
+    """The seed's pipeline and `--arch simple`'s in fp32 on the same `--n-train` rows, interleaved `--repeats` times
+    (best of each), with the ratio: the package's data path, channels-last and dropout against the seed's."""
+    ds = open_dataset(a.data)
+    images = cached_images(ds.train)
+    cfg = FitConfig(arch='simple')
+    rows = fold_splits(ds.labels, 5, cfg.seed)[0][0][:a.n_train]
+    learn = warm_learner(images, ds.labels, cfg, 'fp32')
+    with tempfile.TemporaryDirectory() as tmp:
+        from pathlib import Path
+        runs = [(seed_pipeline(a.data, ds.labels, rows, Path(tmp), seconds=a.seconds * 3), end_to_end(learn, images, ds.labels, cfg, a.n_train))
+                for _ in range(a.repeats)]
+    seed, ours = max(r for r, _ in runs), max(o for _, o in runs)
+    print(f"seed pipeline (PIL + torchvision per item, batch 32, 2 workers, fp32): {seed:.0f} img/s; "
+          f"thera-fit --arch simple --precision fp32 end to end: {ours:.0f} img/s; ratio {ours / seed:.2f} "
+          f"({a.n_train} rows, best of {a.repeats}, {torch.get_num_threads()} torch threads)", flush=True)
+    if a.profile: profile_fit(learn, images, ds.labels, cfg, a.n_train // 2)
 
 
 if __name__ == '__main__': main()

@@ -22,9 +22,10 @@ class FoldModel:
         self.fold, self.learn, self.threshold = fold, learn, threshold
         self.flip = FitConfig.from_dict(learn.fold_info['config']).alternating_flip  # TTA flips what the training flipped
 
-    def predict(self, images, tta=4, bs=512, seed=TTA_SEED):
-        "P(class 1) for every row of the (N, H, W, C) uint8 `images`; `tta` augmented passes blended with a plain one."
-        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta, seed, flip=self.flip)
+    def predict(self, images, tta=4, bs=512, seed=TTA_SEED, compile=None):
+        """P(class 1) for every row of the (N, H, W, C) uint8 `images`; `tta` augmented passes blended with a plain one.
+        `compile`: as `predict_probs`'s."""
+        return predict_probs(self.learn, images_dl(self.learn.dls, images, bs=bs), tta, seed, compile=compile, flip=self.flip)
 
 
 def load_fold_models(run_dir, device='auto', partial=False, precision=None):

@@ -26,7 +26,7 @@ def with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, dev
     Computed the same way on a resumed fit, so its loaders are the same."""
     teacher = teacher_fold(cfg.pseudo, valid_idx, device)
     tta = teacher.learn.fold_info['config']['tta']
-    probs = teacher.predict(np.asarray(unlabeled), tta=tta)
+    probs = teacher.predict(np.asarray(unlabeled), tta=tta, compile=False if cfg.budget else None)  # a budget has no room for compiling
     kept, new_labels, soft = pseudo_labels(probs, cfg.pseudo_confidence, cfg.pseudo_targets)
     n = len(images)
     fit_images = np.concatenate([np.asarray(images), np.asarray(unlabeled)[kept]])
