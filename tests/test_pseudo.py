@@ -11,7 +11,7 @@ from fastai.callback.core import Callback
 import thera_fastai as tf
 from thera_fastai.errors import TheraError
 from thera_fastai.infer.ensemble import FoldModel
-from thera_fastai.train.pseudo import pseudo_labels
+from thera_fastai.train.pseudo import pseudo_labels, unsmoothed
 
 FIT = dict(arch='simple', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_: None)
 N_TRAIN = 96  # the `data` fixture's labelled images; pseudo-labelled rows follow them in the fit's image array
@@ -29,7 +29,14 @@ class _RowsAndTargets(Callback):
 def _teacher_val_probs(data, teacher):
     ds = tf.open_dataset(data, need_val=True)
     val = tf.cached_images(ds.val)
-    return FoldModel(0, tf.load_fold_learner(teacher/'fold0'), 0.5).predict(val, tta=0)
+    learn = tf.load_fold_learner(teacher/'fold0')
+    return unsmoothed(FoldModel(0, learn, 0.5).predict(val, tta=0), learn.fold_info['config']['label_smoothing'])
+
+
+def test_a_smoothed_teachers_probabilities_are_mapped_back_onto_zero_one():
+    got = unsmoothed([0.1, 0.9, 0.5, 0.82, 0.05, 0.99], 0.2)  # a teacher trained on targets 0.1 and 0.9
+    assert np.allclose(got, [0.0, 1.0, 0.5, 0.9, 0.0, 1.0])
+    assert np.allclose(unsmoothed([0.3, 0.7], 0.0), [0.3, 0.7])
 
 
 def test_confident_images_are_kept_and_called_at_one_half():
@@ -44,7 +51,7 @@ def test_confident_images_are_kept_and_called_at_one_half():
 @pytest.fixture(scope='module')
 def teacher(data, tmp_path_factory):
     out = tmp_path_factory.mktemp('pseudo')/'teacher'
-    tf.fit(data, out, fold=0, epochs=1, **FIT)
+    tf.fit(data, out, fold=0, epochs=1, label_smoothing=0.2, **FIT)  # smoothed, as the default recipe's teachers are
     return out
 
 

@@ -15,10 +15,12 @@ RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
 # airbench94's training method (Keller Jordan's CIFAR-10 speed run) in its decoupled form: lr and wd per 1024
 # examples, independent of the batch size and the momentum. `whiten_bias` is the share of the steps the whitening
 # layer's bias trains (airbench: 3 of 9.9 epochs); the lr warms up from `lr_start` over `warmup` of the steps, then
-# falls linearly to `lr_end`; `lookahead_every` steps the weights are pulled to their average. Each piece a switch.
+# falls linearly to `lr_end`; `lookahead_every` steps the weights are pulled to their average. `muon` updates the conv
+# filters with airbench94_muon's Muon (orthogonalized Nesterov momentum at `muon_lr` per step, no decay, the same
+# schedule), the other parameters with the SGD above. Each piece a switch.
 AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23, lr_start=0.2, lr_end=0.0,
                 whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
-                dirac=True, lookahead=True, lookahead_every=5, alt_flip=True)
+                dirac=True, lookahead=True, lookahead_every=5, alt_flip=True, muon=False, muon_lr=0.24, muon_momentum=0.6)
 AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # lr and wd are FitConfig's own fields
 METHODS = ('adam', 'airbench')
 METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}

@@ -12,7 +12,7 @@ from fastai.optimizer import OptimWrapper
 from ..compat import keep_cancelled_train_metrics
 
 __all__ = ['fit_step', 'StepSchedule', 'StopAtStep', 'Lookahead', 'WhitenBiasFreeze', 'AlternatingFlip', 'airbench_splitter',
-           'airbench_opt', 'airbench_rates', 'method_callbacks', 'one_cycle_scheds', 'airbench_lr_curve']
+           'newton_schulz', 'MuonSGD', 'airbench_opt', 'airbench_rates', 'method_callbacks', 'one_cycle_scheds', 'airbench_lr_curve']
 
 
 def fit_step(learn):
@@ -102,29 +102,76 @@ class AlternatingFlip(Callback):
         self.learn.xb = (torch.where(flip.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x),)
 
 
-def airbench_splitter(model):
-    "airbench's two parameter groups: the BatchNorm biases (a 64x larger rate), then every other trained parameter."
+def airbench_splitter(model, muon=False):
+    """airbench's parameter groups: the BatchNorm biases (a 64x larger rate), then every other trained parameter; with
+    `muon`, the trained conv filters (4-D) form a third group, which `MuonSGD` updates with Muon."""
     norm = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     biases = [m.bias for m in norm if m.bias is not None]
     ids = {id(p) for p in biases}
     others = [p for p in model.parameters() if id(p) not in ids and (p.requires_grad or p is model[0].bias)]
-    return [[p for p in biases if p.requires_grad], others]
+    if not muon: return [[p for p in biases if p.requires_grad], others]
+    return [[p for p in biases if p.requires_grad], [p for p in others if p.ndim != 4], [p for p in others if p.ndim == 4]]
 
 
-def airbench_opt(momentum):
-    "torch's Nesterov SGD as a fastai optimizer, over `airbench_splitter`'s groups."
-    return partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=momentum, nesterov=True))
+def newton_schulz(g, steps=3, eps=1e-7):
+    """airbench94_muon's quintic Newton-Schulz iteration: an approximately orthogonalized `g` (2-D), singular values
+    near one. Written here because torch's `optim.Muon` updates 2-D parameters only and conv filters are 4-D."""
+    a, b, c = 3.4445, -4.7750, 2.0315
+    x = g / (g.norm() + eps)
+    tall = x.size(0) > x.size(1)
+    if tall: x = x.T
+    for _ in range(steps):
+        s = x @ x.T
+        x = a * x + (b * s + c * s @ s) @ x
+    return x.T if tall else x
+
+
+class MuonSGD(torch.optim.Optimizer):
+    """Nesterov SGD with coupled weight decay (torch's `SGD(nesterov=True)` update), except in groups whose `muon` is
+    set: there airbench94_muon's Muon, Nesterov momentum `muon_momentum` on each filter, the filter rescaled to norm
+    sqrt(out channels), then a step of `lr` along the orthogonalized momentum, no weight decay."""
+    def __init__(self, params, lr=1e-3, momentum=0.85, weight_decay=0.0, muon_momentum=0.6):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, muon_momentum=muon_momentum, muon=False))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            m = group['muon_momentum'] if group['muon'] else group['momentum']
+            for p in group['params']:
+                if p.grad is None: continue
+                g = p.grad if group['muon'] or not group['weight_decay'] else p.grad.add(p, alpha=group['weight_decay'])
+                state = self.state[p]
+                buf = state['momentum_buffer'] = state['momentum_buffer'].mul_(m).add_(g) if 'momentum_buffer' in state else g.clone()
+                g = g.add(buf, alpha=m)
+                if group['muon']:
+                    p.mul_(len(p) ** 0.5 / p.norm())
+                    g = newton_schulz(g.reshape(len(g), -1)).view_as(g)
+                p.add_(g, alpha=-group['lr'])
+
+
+def airbench_opt(momentum, hyp=None):
+    """torch's Nesterov SGD as a fastai optimizer over `airbench_splitter`'s groups; with `hyp['muon']`, `MuonSGD`
+    with its last group (the conv filters) on Muon."""
+    if not (hyp and hyp['muon']): return partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=momentum, nesterov=True))
+    def make(params, **kw):
+        opt = MuonSGD(params, momentum=momentum, muon_momentum=hyp['muon_momentum'], **kw)
+        opt.param_groups[-1]['muon'] = True
+        return opt
+    return partial(OptimWrapper, opt=make)
 
 
 def airbench_rates(lr, wd, bs, hyp):
     """airbench's decoupled lr and wd (per 1024 examples) as torch SGD's per-group lr and coupled weight decay for
     batches of `bs` whose loss is a mean. Nesterov momentum `m` makes steps `1 + 1/(1-m)` times the gradient, which
-    the rate divides out; the decay per step, lr * weight_decay, is the same for both groups."""
+    the rate divides out; the decay per step, lr * weight_decay, is the same for both groups. With `hyp['muon']` a
+    third group, the conv filters, at `muon_lr` without decay."""
     kilostep = 1024 * (1 + 1 / (1 - hyp['momentum']))
     base = lr * bs / kilostep
     lrs = [base * hyp['bias_scaler'], base]
     decay = wd * bs / kilostep
-    return lrs, [decay / r for r in lrs]
+    wds = [decay / r for r in lrs]
+    if hyp.get('muon'): lrs, wds = lrs + [hyp['muon_lr']], wds + [0.0]
+    return lrs, wds
 
 
 def airbench_lr_curve(hyp):

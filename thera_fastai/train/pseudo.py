@@ -4,7 +4,7 @@ import numpy as np
 
 from .levers import teacher_fold
 
-__all__ = ['pseudo_labels', 'with_pseudo_labels']
+__all__ = ['pseudo_labels', 'unsmoothed', 'with_pseudo_labels']
 
 
 def pseudo_labels(probs, confidence, targets='hard'):
@@ -19,14 +19,23 @@ def pseudo_labels(probs, confidence, targets='hard'):
     return kept, labels, soft
 
 
+def unsmoothed(probs, eps):
+    """A probability of a model trained with label smoothing `eps` (targets eps/2 and 1 - eps/2) mapped back onto
+    [0, 1]: `(p - eps/2) / (1 - eps)`, clipped. Its confidence can then reach a `pseudo_confidence` of 0.9 (a teacher
+    smoothed at 0.2 almost never says more than 0.9), and as a soft target it is smoothed once, by the student's loss."""
+    return np.clip((np.asarray(probs, np.float32) - eps / 2) / (1 - eps), 0, 1)
+
+
 def with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, device='cpu', log=print, fold=0):
     """The fit's images, labels and training rows with `cfg.pseudo`'s confident pseudo-labelled images appended after
     the labelled ones, the soft targets by row (NaN for labelled rows; None for hard targets) and a record of what was
     added. The teacher is `teacher_fold`'s: its model never trained on `valid_idx`, so the held-out score stays honest.
     Computed the same way on a resumed fit, so its loaders are the same."""
     teacher = teacher_fold(cfg.pseudo, valid_idx, device)
-    tta = teacher.learn.fold_info['config']['tta']
+    teacher_cfg = teacher.learn.fold_info['config']
+    tta = teacher_cfg['tta']
     probs = teacher.predict(np.asarray(unlabeled), tta=tta, compile=False if cfg.budget else None)  # a budget has no room for compiling
+    probs = unsmoothed(probs, teacher_cfg['label_smoothing'])
     kept, new_labels, soft = pseudo_labels(probs, cfg.pseudo_confidence, cfg.pseudo_targets)
     n = len(images)
     fit_images = np.concatenate([np.asarray(images), np.asarray(unlabeled)[kept]])
@@ -34,7 +43,7 @@ def with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, dev
     fit_idx = np.concatenate([np.asarray(train_idx), n + np.arange(len(kept))])
     soft_by_row = None
     if cfg.pseudo_targets == 'soft': soft_by_row = np.concatenate([np.full(n, np.nan, np.float32), soft])
-    record = dict(teacher_fold=teacher.fold, tta=tta, unlabeled=len(probs), kept=len(kept), kept_class0=int((new_labels == 0).sum()),
+    record = dict(teacher_fold=teacher.fold, tta=tta, teacher_label_smoothing=teacher_cfg['label_smoothing'], unlabeled=len(probs), kept=len(kept), kept_class0=int((new_labels == 0).sum()),
                   confidence=cfg.pseudo_confidence, targets=cfg.pseudo_targets)
     log(f"fold {fold}: {len(kept)} of {len(probs)} unlabelled images pseudo-labelled by the teacher's fold {teacher.fold} "
         f"({record['kept_class0']} class 0, {cfg.pseudo_targets} targets, confidence >= {cfg.pseudo_confidence:g})")
