@@ -179,3 +179,54 @@ def test_the_paired_point_estimate_is_the_reports_cross_fitted_hter():
     d = paired_difference(a, b, labels, oof['fold'].to_numpy(), n_boot=10)
     report = [cv_summary(oof.assign(prob_tta=p))['cross_fitted']['hter'] for p in (a, b)]
     assert d['diff'] == pytest.approx(report[1] - report[0], abs=1e-12)
+
+
+def test_newton_schulz_keeps_the_singular_vectors_and_brings_the_values_near_one():
+    from thera_fastai.train.methods import newton_schulz
+    g = torch.randn(16, 40, generator=torch.Generator().manual_seed(0)) * torch.logspace(-1, 1, 40)
+    x = newton_schulz(g)
+    u, s, vh = torch.linalg.svd(g, full_matrices=False)
+    core = u.T @ x @ vh.T  # diagonal where x keeps g's singular vectors
+    assert torch.allclose(core, torch.diag(torch.diagonal(core)), atol=1e-4)
+    assert torch.diagonal(core).min() > 0.3 and torch.diagonal(core).max() < 1.3  # airbench: near Uniform(0.5, 1.5)
+    assert newton_schulz(g.T).shape == (40, 16) and torch.allclose(newton_schulz(g.T), x.T, atol=1e-5)
+
+
+def test_muon_steps_the_filters_along_orthogonalized_momentum_and_the_rest_as_torch_sgd():
+    from thera_fastai.train.methods import MuonSGD, newton_schulz
+    gen = torch.Generator().manual_seed(0)
+    w, b = torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, generator=gen)
+    w_opt, b_opt, b_ref = w.clone().requires_grad_(), b.clone().requires_grad_(), b.clone().requires_grad_()
+    opt = MuonSGD([{'params': [b_opt]}, {'params': [w_opt]}], lr=0.1, momentum=0.85, weight_decay=0.01, muon_momentum=0.6)
+    opt.param_groups[1]['muon'] = True
+    ref = torch.optim.SGD([b_ref], lr=0.1, momentum=0.85, nesterov=True, weight_decay=0.01)
+    grads = [(torch.randn(8, 4, 3, 3, generator=gen), torch.randn(8, generator=gen)) for _ in range(3)]
+    buf = torch.zeros_like(w)
+    for gw, gb in grads:
+        w_opt.grad, b_opt.grad, b_ref.grad = gw.clone(), gb.clone(), gb.clone()
+        before = w_opt.detach().clone()
+        opt.step(); ref.step()
+        buf = 0.6 * buf + gw
+        rescaled = before * 8 ** 0.5 / before.norm()
+        want = rescaled - 0.1 * newton_schulz((gw + 0.6 * buf).reshape(8, -1)).view_as(gw)
+        assert torch.allclose(w_opt.detach(), want, atol=1e-5)
+    assert torch.allclose(b_opt, b_ref, atol=1e-6)
+
+
+def test_muon_is_a_switch_whose_filters_follow_the_schedule_and_resume_to_the_same_weights(data, tmp_path):
+    rates = _Rates()
+    kw = dict(fold=0, epochs=3, hyp=dict(muon=True), **FIT)
+    s = tf.fit(data, tmp_path/'ref', cbs=[rates], **kw)
+    lrs = np.array(rates.lrs)
+    assert lrs.shape[1] == 3 and 0.9 * AIRBENCH['muon_lr'] < lrs[:, 2].max() <= AIRBENCH['muon_lr'] and lrs[-1, 2] == 0
+    assert np.allclose(lrs[:, 2] / lrs[:, 2].max(), lrs[:, 1] / lrs[:, 1].max())  # the SGD groups' schedule
+    plain = tf.fit(data, tmp_path/'plain', fold=0, epochs=3, **FIT)
+    assert s['run_id'] != plain['run_id'] and plain['config']['hyp']['muon'] is False
+
+    class _Stop(Callback):
+        order = 99
+        def after_epoch(self):
+            if self.epoch == 1: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', cbs=[_Stop()], **kw)
+    tf.fit(data, tmp_path/'resumed', **kw)
+    assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()

@@ -116,6 +116,11 @@ def test_the_teacher_and_its_settings_are_part_of_the_run_and_a_run_without_them
     legacy = {k: v for k, v in plain.to_dict().items() if k not in ('pseudo', 'pseudo_confidence', 'pseudo_targets')}
     from thera_fastai.files import short_hash
     assert run_id(plain, 'dkey') == short_hash(legacy, 'dkey')  # the identity configs had before the pseudo fields
+    method = tf.FitConfig(method='airbench', folds=2)
+    before_muon = {k: v for k, v in method.to_dict().items() if k not in ('pseudo', 'pseudo_confidence', 'pseudo_targets')}
+    before_muon['hyp'] = {k: v for k, v in before_muon['hyp'].items() if not k.startswith('muon')}
+    assert run_id(method, 'dkey') == short_hash(before_muon, 'dkey')
+    assert run_id(tf.FitConfig(method='airbench', folds=2, hyp=dict(muon=True)), 'dkey') != run_id(method, 'dkey')
     a = tf.FitConfig(arch='simple', folds=2, pseudo=str(teacher))
     assert len({run_id(a, 'dkey', 't1', 'v1'), run_id(a, 'dkey', 't2', 'v1'), run_id(a, 'dkey', 't1', 'v2'),
                 run_id(tf.FitConfig(arch='simple', folds=2, pseudo=str(teacher), pseudo_targets='soft'), 'dkey', 't1', 'v1')}) == 4

@@ -27,16 +27,18 @@ def read_history(path):
 
 
 PSEUDO_FIELDS = ('pseudo', 'pseudo_confidence', 'pseudo_targets')
+MUON_KEYS = ('muon', 'muon_lr', 'muon_momentum')  # airbench settings left out of the identity while Muon is off
 
 
 def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
     Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id, the
-    pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, so the
-    ids of runs written before they existed still hold."""
+    pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, and
+    without Muon its settings, so the ids of runs written before they existed still hold."""
     identity = cfg.to_dict()
     if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
     if cfg.distill is not None: identity['distill'] = teacher_id
+    if identity.get('hyp') and not identity['hyp'].get('muon'): identity['hyp'] = {k: v for k, v in identity['hyp'].items() if k not in MUON_KEYS}
     if cfg.pseudo is None:
         for k in PSEUDO_FIELDS: identity.pop(k)
     else: identity['pseudo'] = [teacher_id, unlabeled_key]
