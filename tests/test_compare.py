@@ -48,6 +48,10 @@ def test_minutes_to_reach_reads_the_history():
 def test_recipe_text_names_what_differs_from_the_arch_defaults():
     assert recipe_text(tf.FitConfig(arch='resnet18').to_dict()) == 'default'
     assert recipe_text(tf.FitConfig(lr=1e-3, resize_from=32).to_dict()) == 'lr=0.001, resize_from=32'
+    pseudo = tf.FitConfig(pseudo='/somewhere/runs/teacher15', pseudo_targets='soft', budget=600).to_dict()
+    assert recipe_text(pseudo) == 'pseudo=teacher15, pseudo_targets=soft, budget=10m'
+    muon = tf.FitConfig(method='airbench', hyp=dict(muon=True)).to_dict()
+    assert recipe_text(muon) == 'method=airbench, muon=True'
 
 
 def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path):

@@ -17,13 +17,15 @@ from ..runs import fold_dir, open_run, read_history, run_data
 __all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
 
 _SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_size', 'tta'}
+_PATHS = {'exclude', 'distill', 'pseudo', 'weights'}  # shown by their file or folder name: a run folder's path says little
 
 
 def recipe_text(config):
     """The config fields that differ from `FitConfig`'s defaults for its arch and method, as 'k=v' text ('default' if
-    none); of the airbench method's settings, those that differ from `AIRBENCH`; a budget in minutes."""
+    none; a file or teacher by its name); of the airbench method's settings, those that differ from `AIRBENCH`; a budget in minutes."""
     base = FitConfig(arch=config['arch'], method=config.get('method', 'adam')).to_dict()
-    diff = [f"{k}={v}" for k, v in config.items() if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v and k not in ('hyp', 'budget')]
+    diff = [f"{k}={Path(v).name if k in _PATHS else v}" for k, v in config.items()
+            if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v and k not in ('hyp', 'budget')]
     if config.get('method', 'adam') != 'adam': diff.insert(0, f"method={config['method']}")
     diff += [f"{k}={v}" for k, v in (config.get('hyp') or {}).items() if base['hyp'].get(k) != v]
     if config.get('budget'): diff.append(f"budget={config['budget'] / 60:g}m")
