@@ -40,12 +40,13 @@ class _StopAfter(Callback):
         if len(self.times) > self.n + self.skip: raise CancelFitException
 
 
-def images_per_second(data, cfg, threads, compile=False):
-    "Training images per second of `cfg` through the package's own DataLoaders and learner on this machine."
-    tf.Runtime(threads=threads).apply()
+def images_per_second(data, cfg, threads, compile=False, precision='auto'):
+    "Training images per second of `cfg` through the package's own DataLoaders and learner on this machine, in `precision`."
+    runtime = tf.Runtime(threads=threads, precision=precision)
+    runtime.apply()
     images, labels, tr, va = fold_rows(data, cfg, 0)
     dls = fold_dataloaders(images, labels, tr, va[:256], bs=cfg.bs, stats=image_stats(images, tr), **cfg.aug_kwargs())
-    learn = thera_learner(dls, cfg, '/tmp', labels[tr])
+    learn = thera_learner(dls, cfg, '/tmp', labels[tr], runtime=runtime.resolved())
     if compile: learn.model = torch.compile(learn.model)  # compiles on the first batch, which the timing skips
     rates = []
     for size in ([cfg.resize_from, None] if cfg.resize_from else [None]):

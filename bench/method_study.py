@@ -1,6 +1,7 @@
-"""airbench's training method piece by piece at one time budget: each candidate trains fold 0 of 5 under
-`budget` (the fit measures its own speed and sets its steps), then every candidate is compared with the first, the
-current default, by the HTER difference on fold 0's held-out rows and its paired bootstrap interval.
+"""Candidates at one time budget (airbench's training method piece by piece by default; Muon, EMA or pseudo-labels
+through `--candidates`): each trains fold 0 of 5 under `budget` (the fit measures its own speed and sets its steps),
+or for `--epochs N`, then every candidate is compared with the first, the current default, by the HTER difference on
+fold 0's held-out rows and its paired bootstrap interval.
 
 Run:  .venv/bin/python bench/method_study.py --data ../shared/data/ml_exercise_therapanacea.zip --budget 30m \
           --out runs/method30 [--only airbench-sgd] [--threads 1]
@@ -55,6 +56,7 @@ def main():
     ap.add_argument('--data')
     ap.add_argument('--out', default='runs/method')
     ap.add_argument('--budget', default='30m', help='time per candidate fold (e.g. 10m, 30m)')
+    ap.add_argument('--epochs', type=int, default=None, help='train each candidate for this many epochs instead of a budget')
     ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--sample', type=int, default=None)
     ap.add_argument('--candidates', default=CANDIDATES)
@@ -62,13 +64,13 @@ def main():
     ap.add_argument('--table', default=None, help='regenerate method_study.md from this method_study.csv and stop')
     a = ap.parse_args()
     if a.table: print(study_markdown(pd.read_csv(a.table)), end=''); return
-    out, budget = Path(a.out), parse_duration(a.budget)
+    out, budget = Path(a.out), None if a.epochs else parse_duration(a.budget)
     runs = []
     for name, over in parse_variants(a.candidates):
         run = out/name
         runs.append(run)
         if (a.only and name not in a.only.split(',')) or trained(run): continue
-        tf.fit(a.data, run, fold=0, folds=5, budget=budget, sample=a.sample, threads=a.threads, log=lambda *_: None, **over)
+        tf.fit(a.data, run, fold=0, folds=5, budget=budget, epochs=a.epochs, sample=a.sample, threads=a.threads, log=lambda *_: None, **over)
         print(f"{name}: trained", flush=True)
     if not all(map(trained, runs)): print("not every candidate is trained yet: no table"); return
     write_comparison(runs, out, fold=0, n=0)

@@ -16,14 +16,15 @@ def main():
     ap.add_argument('--arch', default=tf.FitConfig.arch)
     ap.add_argument('--threads', type=int, default=None)
     ap.add_argument('--repeats', type=int, default=2)
+    ap.add_argument('--precision', default='auto', help='fp32, bf16 or auto (bf16 where native)')
     a = ap.parse_args()
     cfg, best = tf.FitConfig(arch=a.arch, folds=5), {}
     for _ in range(a.repeats):
         for compiled in (False, True):
             t = time.time()
-            rate = images_per_second(a.data, cfg, a.threads, compile=compiled)[1]
+            rate = images_per_second(a.data, cfg, a.threads, compile=compiled, precision=a.precision)[1]
             best[compiled] = max(best.get(compiled, 0), rate)
-            print(f"{a.arch} {'compiled' if compiled else 'eager'}: {rate:.1f} img/s ({time.time() - t:.0f} s with setup)", flush=True)
+            print(f"{a.arch} {a.precision} {'compiled' if compiled else 'eager'}: {rate:.1f} img/s ({time.time() - t:.0f} s with setup)", flush=True)
     print(f"compiled / eager, best of {a.repeats}: {best[True] / best[False]:.2f}")
 
 
