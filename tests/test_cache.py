@@ -108,3 +108,12 @@ def test_a_decode_killed_with_others_waiting_is_done_by_one_of_them(tiny_folder,
     want = np.array(cached_images(open_dataset(tiny_folder).train, tmp_path/'direct'))
     assert all((np.load(tmp_path/f'got{i}.npy') == want).all() for i in range(2))
     assert len(_npy(tmp_path/'c')) == 1 and not list((tmp_path/'c').glob('.*tmp'))  # the dead process's temporary file is gone
+
+
+def test_an_empty_thera_cache_means_the_default_folder_not_the_working_one(monkeypatch, tmp_path):
+    from thera_fastai.data.cache import default_cache_dir
+    monkeypatch.setenv('HOME', str(tmp_path))
+    monkeypatch.setenv('THERA_CACHE', '')
+    assert default_cache_dir() == tmp_path/'.cache'/'thera_fastai'
+    monkeypatch.setenv('THERA_CACHE', str(tmp_path/'c'))
+    assert default_cache_dir() == tmp_path/'c'

@@ -51,7 +51,7 @@ def test_confident_images_are_kept_and_called_at_one_half():
 @pytest.fixture(scope='module')
 def teacher(data, tmp_path_factory):
     out = tmp_path_factory.mktemp('pseudo')/'teacher'
-    tf.fit(data, out, fold=0, epochs=1, label_smoothing=0.2, **FIT)  # smoothed, as the default recipe's teachers are
+    tf.fit(data, out, fold=0, epochs=1, label_smoothing=0.2, cache=out.parent/'cache', **FIT)  # smoothed, as the default recipe's teachers are
     return out
 
 

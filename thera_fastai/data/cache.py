@@ -18,8 +18,8 @@ CACHE_VERSION = 1
 
 
 def default_cache_dir():
-    "Where caches live unless `cache` says otherwise: $THERA_CACHE or ~/.cache/thera_fastai."
-    return Path(os.environ.get('THERA_CACHE', Path.home()/'.cache'/'thera_fastai'))
+    "Where caches live unless `cache` says otherwise: $THERA_CACHE (set and not empty) or ~/.cache/thera_fastai."
+    return Path(os.environ.get('THERA_CACHE') or Path.home()/'.cache'/'thera_fastai')
 
 
 def decode_jpeg(data, where, size=IMAGE_SIZE):
