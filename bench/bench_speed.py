@@ -6,6 +6,7 @@ autocast too: the `--precision` of thera-fit.
 Run:  .venv/bin/python bench/bench_speed.py --data ../shared/data/ml_exercise_therapanacea.zip
 Prints one Markdown table (paste it into the README with the machine it ran on)."""
 import argparse, copy, resource, tempfile, time, warnings
+from pathlib import Path
 
 import torch
 
@@ -96,20 +97,24 @@ def seed_model():
     return model
 
 
-def seed_pipeline(data, labels, rows, folder, bs=32, workers=2, seconds=30):
-    """Training images/s of the seed's pipeline on JPEG files of `rows`: a PIL decode and torchvision augmentation per
-    item (flip, the same light affine), `bs` 32, `workers` loader processes, torch's Adam, contiguous fp32."""
+def write_jpegs(source, rows, folder):
+    "The JPEG files of `source`'s `rows`, written into `folder` as the exercise has them; their paths."
+    paths = [Path(folder)/source.names[r] for r in rows]
+    for r, path in zip(rows, paths): path.write_bytes(source.read(source.names[r]))
+    return paths
+
+
+def seed_pipeline(paths, labels, bs=32, workers=2, seconds=30):
+    """Training images/s of the seed's pipeline on the JPEG files `paths` (labels `labels`): a PIL decode and
+    torchvision augmentation per item (flip, the same light affine), `bs` 32, `workers` loader processes, torch's Adam,
+    contiguous fp32."""
     from PIL import Image
     from torchvision import transforms as T
-    ds = open_dataset(data)
-    for r in rows: (folder/ds.train.names[r]).write_bytes(ds.train.read(ds.train.names[r]))
     aug = T.Compose([T.RandomHorizontalFlip(), T.RandomAffine(5, translate=(2 / 64, 2 / 64)), T.ToTensor(),
                      T.Normalize([0.5] * 3, [0.25] * 3)])
     class Files(torch.utils.data.Dataset):
-        def __len__(self): return len(rows)
-        def __getitem__(self, i):
-            img = Image.open(folder/ds.train.names[rows[i]]).convert('RGB')
-            return aug(img), torch.tensor(float(labels[rows[i]]))
+        def __len__(self): return len(paths)
+        def __getitem__(self, i): return aug(Image.open(paths[i]).convert('RGB')), torch.tensor(float(labels[i]))
     dl = torch.utils.data.DataLoader(Files(), batch_size=bs, shuffle=True, num_workers=workers, persistent_workers=workers > 0)
     model = seed_model().train()
     opt, lossf = torch.optim.Adam(model.parameters(), 1e-3), torch.nn.BCEWithLogitsLoss()
@@ -204,8 +209,8 @@ def compare_seed(a):
     rows = fold_splits(ds.labels, 5, cfg.seed)[0][0][:a.n_train]
     learn = warm_learner(images, ds.labels, cfg, 'fp32')
     with tempfile.TemporaryDirectory() as tmp:
-        from pathlib import Path
-        runs = [(seed_pipeline(a.data, ds.labels, rows, Path(tmp), seconds=a.seconds * 3), end_to_end(learn, images, ds.labels, cfg, a.n_train))
+        paths = write_jpegs(ds.train, rows, tmp)
+        runs = [(seed_pipeline(paths, ds.labels[rows], seconds=a.seconds * 3), end_to_end(learn, images, ds.labels, cfg, a.n_train))
                 for _ in range(a.repeats)]
     seed, ours = max(r for r, _ in runs), max(o for _, o in runs)
     print(f"seed pipeline (PIL + torchvision per item, batch 32, 2 workers, fp32): {seed:.0f} img/s; "

@@ -94,7 +94,7 @@ def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None
     model = create_model(cfg.arch, **kwargs).to(rt['device'])
     if cfg.method == 'airbench':  # per-group rates (the BatchNorm biases', the others'), which the schedule scales each step
         lrs, wds = airbench_rates(cfg.lr, cfg.wd, cfg.bs, cfg.hyp)
-        opt = dict(opt_func=airbench_opt(cfg.hyp['momentum'], cfg.hyp), splitter=partial(airbench_splitter, muon=cfg.hyp['muon']), lr=lrs[1], wd=wds)
+        opt = dict(opt_func=airbench_opt(cfg.hyp), splitter=partial(airbench_splitter, muon=cfg.hyp['muon']), lr=lrs[1], wd=wds)
     else: opt = dict(wd=cfg.wd)
     return TheraLearner(dls, model, loss_func=_loss(cfg, train_labels, threshold), metrics=thera_metrics(), path=path, model_dir='.',
                    cbs=speed_callbacks(rt['channels_last'], rt['precision']), **opt)

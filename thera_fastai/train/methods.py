@@ -149,12 +149,12 @@ class MuonSGD(torch.optim.Optimizer):
                 p.add_(g, alpha=-group['lr'])
 
 
-def airbench_opt(momentum, hyp=None):
-    """torch's Nesterov SGD as a fastai optimizer over `airbench_splitter`'s groups; with `hyp['muon']`, `MuonSGD`
-    with its last group (the conv filters) on Muon."""
-    if not (hyp and hyp['muon']): return partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=momentum, nesterov=True))
+def airbench_opt(hyp):
+    """torch's Nesterov SGD at `hyp['momentum']` as a fastai optimizer over `airbench_splitter`'s groups; with
+    `hyp['muon']`, `MuonSGD` with its last group (the conv filters) on Muon."""
+    if not hyp['muon']: return partial(OptimWrapper, opt=partial(torch.optim.SGD, momentum=hyp['momentum'], nesterov=True))
     def make(params, **kw):
-        opt = MuonSGD(params, momentum=momentum, muon_momentum=hyp['muon_momentum'], **kw)
+        opt = MuonSGD(params, momentum=hyp['momentum'], muon_momentum=hyp['muon_momentum'], **kw)
         opt.param_groups[-1]['muon'] = True
         return opt
     return partial(OptimWrapper, opt=make)
@@ -170,7 +170,7 @@ def airbench_rates(lr, wd, bs, hyp):
     lrs = [base * hyp['bias_scaler'], base]
     decay = wd * bs / kilostep
     wds = [decay / r for r in lrs]
-    if hyp.get('muon'): lrs, wds = lrs + [hyp['muon_lr']], wds + [0.0]
+    if hyp['muon']: lrs, wds = lrs + [hyp['muon_lr']], wds + [0.0]
     return lrs, wds
 
 

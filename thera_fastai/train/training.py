@@ -78,7 +78,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if cfg.pseudo:
         if unlabeled is None: raise TheraError("needs the unlabelled images (train_fold's `unlabeled`)", param='pseudo')
         fit_images, fit_labels, fit_idx, soft, pseudo = with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, runtime['device'], log, fold)
-        set_seed(cfg.seed + fold, reproducible=True)  # the teacher's TTA drew random numbers
+        set_seed(cfg.seed + fold, reproducible=True)  # building the teacher's model drew from the generators (its TTA puts them back)
     dls = fold_dataloaders(fit_images, fit_labels, fit_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
                            device=runtime['device'], **cfg.aug_kwargs())
     learn = thera_learner(dls, cfg, folder, np.asarray(fit_labels)[fit_idx], runtime)
