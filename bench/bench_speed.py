@@ -5,7 +5,7 @@ autocast too: the `--precision` of thera-fit.
 
 Run:  .venv/bin/python bench/bench_speed.py --data ../shared/data/ml_exercise_therapanacea.zip
 Prints one Markdown table (paste it into the README with the machine it ran on)."""
-import argparse, copy, resource, tempfile, time, warnings
+import argparse, copy, math, resource, tempfile, time, warnings
 from pathlib import Path
 
 import torch
@@ -57,6 +57,36 @@ def bare_step(model, bs, channels_last, precision='fp32', seconds=20):
     while time.perf_counter() - t < seconds: step(); n += bs
     if device.type == 'cuda': torch.cuda.synchronize()
     return n / (time.perf_counter() - t)
+
+
+def conv_shapes(model, size=64):
+    "Each Conv2d of `model` with its input shape for one image, in forward order."
+    model = copy.deepcopy(model).eval()
+    shapes, hooks = [], [m.register_forward_hook(lambda m, i, o: shapes.append((m, tuple(i[0].shape[1:]))))
+                         for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad(): model(torch.zeros(1, 3, size, size))
+    for h in hooks: h.remove()
+    return shapes
+
+
+def conv_floor(model, bs, repeats=3, steps=10):
+    """The convolutions alone: forward and backward of each Conv2d of `model` on its own input shape, channels-last fp32,
+    the input gradient left out for the first layer as in training. Rows (layer, ms per batch, GFLOP/s), best of `repeats`,
+    and the images/s a step would reach if everything else in it cost nothing."""
+    rows = []
+    for i, (conv, shape) in enumerate(conv_shapes(model)):
+        conv = copy.deepcopy(conv).to(memory_format=torch.channels_last)
+        x = torch.randn(bs, *shape).contiguous(memory_format=torch.channels_last).requires_grad_(i > 0)
+        grad = torch.randn_like(conv(x))
+        with FlopCounterMode(display=False) as fc: conv(x).backward(grad)
+        best = math.inf
+        for _ in range(repeats):
+            for _ in range(2): conv(x).backward(grad)
+            t = time.perf_counter()
+            for _ in range(steps): conv(x).backward(grad)
+            best = min(best, (time.perf_counter() - t) / steps)
+        rows.append((f"{shape[0]}->{conv.out_channels} {conv.kernel_size[0]}x{conv.kernel_size[1]} at {shape[1]}x{shape[2]}", 1e3 * best, fc.get_total_flops() / best / 1e9))
+    return rows, bs / (sum(ms for _, ms, _ in rows) / 1e3)
 
 
 def warm_learner(images, labels, cfg, precision):
@@ -155,7 +185,9 @@ def main():
     p.add_argument('--seed-pipeline', action='store_true', help="also time the seed's pipeline beside --arch simple in fp32 on the same images")
     p.add_argument('--profile', action='store_true', help="with --seed-pipeline: profile --arch simple's fp32 fit by operator")
     p.add_argument('--no-ingest', action='store_true', help='skip the decode-into-a-fresh-cache timing')
+    p.add_argument('--conv-floor', action='store_true', help="time each arch's convolutions alone (fp32, channels-last) and stop")
     a = p.parse_args()
+    if a.conv_floor: return print_conv_floor(a.archs.split(','), a.repeats)
     if a.seed_pipeline: compare_seed(a)
     if not a.no_ingest:
         first, again, n = ingest(a.data)
@@ -185,6 +217,24 @@ def main():
             print(f"| {spec} | {precision} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops[precision]:.0f}% | "
                   f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
     print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def print_conv_floor(specs, repeats):
+    "`conv_floor` of each arch at its recipe's batch size, as Markdown, with this machine's fp32 matmul rate."
+    print(f"matmul: fp32 {matmul_gflops('fp32'):.0f} GFLOP/s on {torch.get_num_threads()} threads")
+    for spec in specs:
+        arch, _, stem = spec.partition(':')
+        cfg = FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
+        rows, floor = conv_floor(tf_model(cfg), cfg.bs, repeats)
+        print(f"\n{spec}, batch {cfg.bs}: the convolutions alone train at most {floor:.0f} img/s\n\n"
+              "| conv (in->out, kernel, input size) | forward + backward ms a batch | GFLOP/s |\n|---|---|---|")
+        for name, ms, gflops in rows: print(f"| {name} | {ms:.1f} | {gflops:.0f} |")
+
+
+def tf_model(cfg):
+    "The untrained model of `cfg`'s arch."
+    from thera_fastai.models import create_model
+    return create_model(cfg.arch, **cfg.model_kwargs())
 
 
 def profile_fit(learn, images, labels, cfg, n_train, top=12):

@@ -1,4 +1,4 @@
-"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end."""
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end; the conv floor times each convolution."""
 import os, re, subprocess, sys
 from pathlib import Path
 
@@ -53,3 +53,15 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     again = study()
     assert again.returncode == 0 and trained(again.stdout) == []
     assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
+
+
+def test_the_conv_floor_times_every_convolution_on_its_own_input_shape():
+    import bench_speed
+    from thera_fastai.models import simple_cnn
+    model = simple_cnn()
+    shapes = [s for _, s in bench_speed.conv_shapes(model)]
+    assert shapes == [(3, 64, 64), (16, 32, 32), (32, 32, 32), (32, 16, 16), (64, 16, 16), (64, 8, 8), (128, 8, 8)]
+    rows, floor = bench_speed.conv_floor(model, bs=4, repeats=1, steps=1)
+    assert [r[0] for r in rows][:2] == ['3->16 3x3 at 64x64', '16->32 3x3 at 32x32']
+    assert all(ms > 0 and gflops > 0 for _, ms, gflops in rows)
+    assert floor == pytest.approx(4 / (sum(ms for _, ms, _ in rows) / 1e3))

@@ -60,17 +60,19 @@ def test_ema_weights_are_what_the_fold_keeps_and_resume_keeps_them(data, tmp_pat
     assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
 
 
-def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold(data, tmp_path):
-    tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, **FIT)
+def test_distillation_trains_on_the_teachers_probabilities_of_the_same_fold_unsmoothed(data, tmp_path):
+    tf.fit(data, tmp_path/'teacher', fold=0, epochs=1, label_smoothing=0.2, **FIT)
     seen = _Seen()
     s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher'), distill_weight=1.0, cbs=[seen], **FIT)
     targets = torch.cat(seen.targets)
-    assert targets.dtype == torch.float32 and ((targets > 0) & (targets < 1)).all()  # probabilities, not 0/1 labels
+    assert targets.dtype == torch.float32 and ((targets > 0) & (targets < 1)).any()  # probabilities, not 0/1 labels
     teacher = tf.load_fold_learner(tmp_path/'teacher'/'fold0')
     images, labels, tr, va = tf.fold_rows(data, tf.FitConfig(**{k: v for k, v in s['config'].items() if k != 'distill'}), 0)
     from thera_fastai.infer.ensemble import FoldModel
-    expected = FoldModel(0, teacher, 0.5).predict(images[tr], tta=0)
+    raw = FoldModel(0, teacher, 0.5).predict(images[tr], tta=0)
+    expected = np.clip((raw - 0.1) / 0.8, 0, 1)  # the teacher's smoothing (targets 0.1 and 0.9) taken back out
     assert np.abs(targets.numpy()[:, None] - expected[None, :]).min(1).max() < 1e-5
+    assert np.abs(targets.numpy()[:, None] - raw[None, :]).min(1).max() > 1e-3  # not the teacher's smoothed probabilities
 
 
 def test_distillation_refuses_a_teacher_that_trained_on_the_held_out_rows(data, tmp_path):

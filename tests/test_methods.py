@@ -93,7 +93,13 @@ def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
     assert (p['epochs'] - 1) * 100 < p['steps'] <= p['epochs'] * 100 and p['epochs'] >= 2
     assert eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0) == pytest.approx(30 + 80 + 2)
     assert p['steps'] < plan_steps(1200, 30, speed, 100, 1000, 4)['steps']
-    with pytest.raises(TheraError, match='holds no training step'): plan_steps(100, 5, speed, 100, 1000, 4)
+    with pytest.raises(TheraError, match=r'holds no training step.*its 4 TTA passes take 80 s of that \(--tta 0 drops them\)'):
+        plan_steps(100, 5, speed, 100, 1000, 4)
+    assert plan_steps(100, 5, speed, 100, 1000, 0)['steps'] > 0  # the advice holds: without TTA the same budget trains
+    # A fit that reuses its last validation as the out-of-fold prediction pays one plain pass less, and only without TTA.
+    assert eval_seconds(2, 0, 1000, 0.01, 0.02, 1.0, reuse_last=True) == pytest.approx(eval_seconds(2, 0, 1000, 0.01, 0.02, 1.0) - 10)
+    assert eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0, reuse_last=True) == eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0)
+    assert plan_steps(100, 5, speed, 100, 1000, 0, reuse_last=True)['steps'] == plan_steps(100, 5, speed, 100, 1000, 0)['steps'] + 5
 
 
 def test_lookahead_and_the_plan_resume_to_the_same_weights(data, tmp_path):

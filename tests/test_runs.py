@@ -209,3 +209,29 @@ def test_a_fold_taken_a_moment_ago_still_names_its_holder(tmp_path):
     with pytest.raises(TheraError, match='fold 0 is being trained by hostA pid 42'):
         with fold_lock(tmp_path/'run', 0): pass
     lock.release()
+
+
+def test_without_tta_the_last_validation_is_the_out_of_fold_prediction_even_after_a_resume(data, tmp_path, monkeypatch):
+    plain = {**FIT, 'tta': 0}
+    calls = []
+    real = training.predict_probs
+    monkeypatch.setattr(training, 'predict_probs', lambda *a, **k: calls.append(1) or real(*a, **k))
+    ref = tf.fit(data, tmp_path/'ref', fold=0, **plain)
+    assert not calls  # the fit's own last validation pass was reused, not run again
+    oof = pd.read_csv(tmp_path/'ref'/'fold0'/'oof.csv').sort_values('row')
+    learn = tf.load_fold_learner(tmp_path/'ref'/'fold0')
+    images, _, _, valid = tf.fold_rows(data, tf.FitConfig(**ref['config']), 0)
+    from thera_fastai.infer.ensemble import FoldModel
+    fresh = FoldModel(0, learn, 0.5).predict(images[np.sort(valid)], tta=0)
+    np.testing.assert_allclose(oof['prob'].to_numpy(), fresh, atol=1e-6)  # what the saved weights predict
+    monkeypatch.setattr(training, 'write_oof', _raise)
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, **plain)
+    monkeypatch.setattr(training, 'write_oof', real_write_oof)
+    assert tf.fit(data, tmp_path/'run', fold=0, **plain)['folds'][0]['resumed_from_epoch'] == plain['epochs']
+    assert not calls  # the kept pass rode in the last checkpoint
+    _same_fold(tmp_path/'ref', tmp_path/'run')
+    tf.fit(data, tmp_path/'ahead', fold=0, method='airbench', **{k: v for k, v in plain.items() if k != 'arch'})
+    assert calls  # Lookahead's last pull moves the weights after the last validation: predicted again
+
+
+real_write_oof = training.write_oof

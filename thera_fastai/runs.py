@@ -32,12 +32,12 @@ MUON_KEYS = ('muon', 'muon_lr', 'muon_momentum')  # airbench settings left out o
 
 def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
-    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id, the
+    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id (a distilling run's with how its targets are made), the
     pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, and
     without Muon its settings, so the ids of runs written before they existed still hold."""
     identity = cfg.to_dict()
     if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
-    if cfg.distill is not None: identity['distill'] = teacher_id
+    if cfg.distill is not None: identity['distill'] = [teacher_id, 'unsmoothed']  # targets mapped back from the teacher's smoothing
     if identity.get('hyp') and not identity['hyp'].get('muon'): identity['hyp'] = {k: v for k, v in identity['hyp'].items() if k not in MUON_KEYS}
     if cfg.pseudo is None:
         for k in PSEUDO_FIELDS: identity.pop(k)

@@ -89,18 +89,21 @@ def _eval_seconds(learn, dl, repeats=2):
     return best / dl.n
 
 
-def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0):
+def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0, reuse_last=False):
     """Seconds a fold spends outside its training steps: a plain validation pass and the fixed cost of each of its
-    `n_epochs`, then the out-of-fold predictions, `tta` augmented passes and a plain one."""
-    return n_valid * ((n_epochs + 1) * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
+    `n_epochs`, then the out-of-fold predictions, `tta` augmented passes and a plain one. `reuse_last`: the last
+    validation pass is the out-of-fold prediction (no TTA, and the fit ends on the weights it validated)."""
+    plain_passes = n_epochs + (0 if reuse_last and not tta else 1)
+    return n_valid * (plain_passes * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
 
 
-def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta):
+def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False):
     """The most training steps whose cost, with the validation of every epoch and the final out-of-fold predictions,
     fits what is left of `budget_s` after `spent_s` at `speed` (`measure_speed`'s dict); a dict with the steps, the
-    epochs they span and the estimate. A budget that holds no step is one `TheraError` saying what things cost."""
+    epochs they span and the estimate. `reuse_last`: as `eval_seconds`'s. A budget that holds no step is one
+    `TheraError` saying what things cost."""
     left, step_s = budget_s * (1 - MARGIN) - spent_s, speed['step_s']
-    def cost(n): return eval_seconds(n, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'])
+    def cost(n): return eval_seconds(n, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'], reuse_last)
     best = None
     for n in range(1, 100_000):
         eval_s = cost(n)
@@ -108,7 +111,9 @@ def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta):
         if steps <= (n - 1) * n_iter: break  # one more epoch's evaluation leaves no room for its steps
         best = dict(steps=min(steps, n * n_iter), epochs=n, eval_seconds=eval_s)
     if best is None:
+        tta_s = n_valid * tta * speed['aug_img_s']
+        hint = f"; its {tta} TTA passes take {tta_s:.0f} s of that (--tta 0 drops them)" if tta else ''
         raise TheraError(f"{budget_s:g} s holds no training step: a step takes {step_s:.2f} s and evaluating the "
-                         f"{n_valid} held-out rows {cost(1):.0f} s here", param='budget')
+                         f"{n_valid} held-out rows {cost(1):.0f} s here{hint}; give a longer budget or more threads", param='budget')
     return dict(best, budget=budget_s, step_seconds=step_s, eval_image_seconds=speed['eval_img_s'], tta_image_seconds=speed['aug_img_s'],
                 epoch_seconds=speed['epoch_s'], steps_per_epoch=n_iter, planned_seconds=spent_s + best['steps'] * step_s + best['eval_seconds'])

@@ -16,7 +16,7 @@ from ..errors import TheraError
 from ..files import atomic_write
 from ..runs import read_history
 
-__all__ = ['ClosedAutocast', 'BF16Autocast', 'StopOnNonFinite', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
+__all__ = ['ClosedAutocast', 'BF16Autocast', 'StopOnNonFinite', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'LastValidation', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
            'rng_states', 'set_rng_states']
 
 
@@ -135,6 +135,40 @@ class EpochCheckpoint(Callback):
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
         for _, old in checkpoints(self.folder):
             if old != path: old.unlink(missing_ok=True)
+
+
+class LastValidation(Callback):
+    """Keeps the last validation pass's P(class 1) per row with a hash of the weights it ran on, so that the fold's
+    out-of-fold prediction without TTA reuses it when the fit ended on those weights (`probs_for`) instead of running
+    the same pass again; it rides in the epoch checkpoints, so a fold resumed after its last epoch reuses it too.
+    Its order puts it inside the weight EMA's swap: it hashes the weights validation saw."""
+    order = 64
+    def __init__(self): self.probs = self.key = None
+
+    def before_validate(self): self.batches = []
+    def after_batch(self):
+        if not self.training: self.batches.append(self.learn.pred.detach())
+
+    def after_validate(self):
+        if not self.batches: return
+        act = getattr(self.learn.loss_func, 'activation', None) or (lambda x: x)
+        self.probs = act(torch.cat(self.batches))[:, 1].float().cpu().numpy()  # as `predict_probs` reads get_preds
+        self.key, self.batches = _weights_key(self.learn.model), []
+
+    def probs_for(self, model, n_rows):
+        "The kept probabilities if they came from `model`'s present weights over `n_rows` rows, else None."
+        ok = self.probs is not None and len(self.probs) == n_rows and world_size() == 1 and self.key == _weights_key(model)
+        return self.probs if ok else None
+
+    def checkpoint_state(self): return None if self.probs is None else dict(probs=torch.from_numpy(self.probs), key=self.key)  # a tensor: checkpoints load weights-only
+    def load_checkpoint_state(self, state):
+        if state is not None: self.probs, self.key = state['probs'].numpy(), state['key']
+
+
+def _weights_key(model):
+    from .learner import weights_bytes
+    from ..files import short_hash
+    return short_hash(weights_bytes(_unwrapped(model)))
 
 
 def resume_callbacks(cbs, state):

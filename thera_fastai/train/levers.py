@@ -85,10 +85,13 @@ def teacher_fold(run_dir, valid_idx, device='cpu'):
 
 
 def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
-    "P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model."
+    """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model, mapped back from
+    the teacher's label smoothing (`unsmoothed`): the student's loss smooths its targets once, not twice."""
+    from .pseudo import unsmoothed
     teacher = teacher_fold(run_dir, valid_idx, device)
     probs = np.full(len(images), np.nan, np.float32)
-    probs[train_idx] = teacher.predict(images[np.asarray(train_idx)], tta=0)
+    smoothing = teacher.learn.fold_info['config']['label_smoothing']
+    probs[train_idx] = unsmoothed(teacher.predict(images[np.asarray(train_idx)], tta=0), smoothing)
     return probs
 
 

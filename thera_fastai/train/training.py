@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from fastai.torch_core import set_seed
 
-from .callbacks import ClosedAutocast, EpochCheckpoint, HistoryCSV, StopOnNonFinite, checkpoints, load_checkpoint, resume_callbacks
+from .callbacks import ClosedAutocast, EpochCheckpoint, HistoryCSV, LastValidation, StopOnNonFinite, checkpoints, load_checkpoint, resume_callbacks
 from ..config import FitConfig, command_line, library_versions
 from ..errors import TheraError
 from ..data.loaders import fold_dataloaders, image_stats
@@ -49,7 +49,12 @@ def _plan(learn, cfg, n_valid, t0):
     n_iter = len(learn.dls.train)
     if not cfg.budget: return dict(steps=cfg.epochs * n_iter, epochs=cfg.epochs, steps_per_epoch=n_iter)
     speed = measure_speed(learn)
-    return plan_steps(cfg.budget, time.time() - t0, speed, n_iter, n_valid, cfg.tta)
+    return plan_steps(cfg.budget, time.time() - t0, speed, n_iter, n_valid, cfg.tta, reuse_last=ends_on_validated_weights(cfg))
+
+
+def ends_on_validated_weights(cfg):
+    "Whether the fit ends on the weights its last validation ran on (Lookahead's final pull moves them after it)."
+    return world_size() == 1 and not (cfg.method == 'airbench' and cfg.hyp['lookahead'])
 
 
 def _whiten(learn, cfg, images, train_idx, stats):
@@ -91,7 +96,8 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
     if cfg.distill and not finished: soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device'])
     extra = list(cbs or [])
-    cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan),
+    last_valid = LastValidation()
+    cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan), last_valid,
            *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(fit_images))]
     resume_callbacks(cbs, rng)
     cbs += extra
@@ -106,16 +112,24 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if world_size() > 1: log(f"fold {fold}, rank {rank()} of {world_size()}: weights {short_hash(weights_bytes(learn.model))}")
     if not is_main(): barrier(); return None
     how = dict(runtime, world_size=world_size())
-    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0, pseudo)
+    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0, pseudo, last_valid)
     barrier()
     return info
 
 
-def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None):
+def _oof_probs(learn, dls, cfg, fold, last_valid=None):
+    """The held-out rows' (plain, TTA) probabilities: without TTA, the last validation pass's where the fit ended on
+    the weights it ran on (the same pass, not run twice), else a prediction pass."""
+    kept = last_valid.probs_for(learn.model, len(dls.valid.dataset)) if last_valid is not None and not cfg.tta else None
+    if kept is not None: return kept, kept
+    compile = False if cfg.budget else None  # a budget's estimate has no room for compiling
+    return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True)
+
+
+def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None, last_valid=None):
     "Rank 0's part after the fit: out-of-fold predictions, weights, `fold.json` last, checkpoints removed."
     targs = np.asarray(labels)[valid_idx]
-    compile = False if cfg.budget else None  # a budget's estimate has no room for compiling
-    probs, probs_tta = predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True)
+    probs, probs_tta = _oof_probs(learn, dls, cfg, fold, last_valid)
     done_steps = max(plan['steps'] - start * plan['steps_per_epoch'], 0)  # those of this process, not of an earlier one
     write_oof(folder/'oof.csv', valid_idx, targs, probs, probs_tta)
     save_weights(learn.model, folder/WEIGHTS_FILE)
