@@ -28,7 +28,7 @@ def two_runs(tmp_path_factory):
 
 def test_compare_puts_two_runs_side_by_side(two_runs, tmp_path):
     frame = tf.compare([two_runs/'simple', two_runs/'air-ema'], tmp_path, target=0.6)
-    assert list(frame['arch']) == ['simple', 'airbench'] and list(frame['recipe']) == ['bs=16', 'bs=16, ema=0.9']
+    assert list(frame['arch']) == ['simple', 'airbench'] and list(frame['recipe']) == ['bs=16, tta=0', 'bs=16, tta=0, ema=0.9']
     assert frame['params_m'].iloc[1] > frame['params_m'].iloc[0] > 0 and (frame['train_gflop'] > 0).all()
     assert (frame['images_seen'] == 2 * 48).all() and list(frame['folds']) == ['1/2', '1/2']
     for run, row in zip(('simple', 'air-ema'), frame.itertuples()):
@@ -47,6 +47,7 @@ def test_minutes_to_reach_reads_the_history():
 
 def test_recipe_text_names_what_differs_from_the_arch_defaults():
     assert recipe_text(tf.FitConfig(arch='resnet18').to_dict()) == 'default'
+    assert recipe_text(tf.FitConfig(tta=0, budget=600).to_dict()) == 'tta=0, budget=10m'  # under a budget TTA's passes cost steps
     assert recipe_text(tf.FitConfig(lr=1e-3, resize_from=32).to_dict()) == 'lr=0.001, resize_from=32'
     pseudo = tf.FitConfig(pseudo='/somewhere/runs/teacher15', pseudo_targets='soft', budget=600).to_dict()
     assert recipe_text(pseudo) == 'pseudo=teacher15, pseudo_targets=soft, budget=10m'

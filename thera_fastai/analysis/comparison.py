@@ -16,7 +16,7 @@ from ..runs import fold_dir, open_run, read_history, run_data
 
 __all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
 
-_SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_size', 'tta'}
+_SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_size'}  # tta is not: under a budget it also sets the steps
 _PATHS = {'exclude', 'distill', 'pseudo', 'weights'}  # shown by their file or folder name: a run folder's path says little
 
 
