@@ -37,7 +37,12 @@ def test_progressive_resizing_trains_small_first_then_full_size(data, tmp_path):
 
 
 def test_ema_weights_are_what_the_fold_keeps_and_resume_keeps_them(data, tmp_path, monkeypatch):
-    tf.fit(data, tmp_path/'ref', fold=0, epochs=3, ema=0.9, **FIT)
+    ref = tf.fit(data, tmp_path/'ref', fold=0, epochs=3, ema=0.9, **FIT)
+    from thera_fastai.infer.ensemble import FoldModel
+    images, _, _, valid = tf.fold_rows(data, tf.FitConfig(**ref['config']), 0)
+    oof = pd.read_csv(tmp_path/'ref'/'fold0'/'oof.csv').sort_values('row')
+    fresh = FoldModel(0, tf.load_fold_learner(tmp_path/'ref'/'fold0'), 0.5).predict(images[np.sort(valid)], tta=0)
+    np.testing.assert_allclose(oof['prob'].to_numpy(), fresh, atol=1e-6)  # the reused last validation ran on the average
     from safetensors.torch import load_file
     from thera_fastai.train.levers import WeightEMA
     cbs = []
