@@ -13,7 +13,7 @@ from fastai.callback.fp16 import MixedPrecision
 from .distributed import is_main, world_size
 from ..compat import loader_rng, recorder_row
 from ..errors import TheraError
-from ..files import atomic_write
+from ..files import atomic_write, short_hash
 from ..runs import read_history
 
 __all__ = ['ClosedAutocast', 'BF16Autocast', 'StopOnNonFinite', 'speed_callbacks', 'EpochCheckpoint', 'HistoryCSV', 'LastValidation', 'checkpoints', 'load_checkpoint', 'resume_callbacks',
@@ -138,22 +138,23 @@ class EpochCheckpoint(Callback):
 
 
 class LastValidation(Callback):
-    """Keeps the last validation pass's P(class 1) per row with a hash of the weights it ran on, so that the fold's
+    """Keeps the last epoch's validation P(class 1) per row with a hash of the weights it ran on, so that the fold's
     out-of-fold prediction without TTA reuses it when the fit ended on those weights (`probs_for`) instead of running
-    the same pass again; it rides in the epoch checkpoints, so a fold resumed after its last epoch reuses it too.
-    Its order puts it inside the weight EMA's swap: it hashes the weights validation saw."""
+    the same pass again; it rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too.
+    Earlier epochs' passes are not kept. Its order puts it inside the weight EMA's swap: it hashes the weights
+    validation saw."""
     order = 64
-    def __init__(self): self.probs = self.key = None
+    def __init__(self): self.probs = self.key = self.batches = None
 
-    def before_validate(self): self.batches = []
+    def before_validate(self): self.batches = [] if self.epoch == self.n_epoch - 1 else None
     def after_batch(self):
-        if not self.training: self.batches.append(self.learn.pred.detach())
+        if not self.training and self.batches is not None: self.batches.append(self.learn.pred.detach())
 
     def after_validate(self):
         if not self.batches: return
         act = getattr(self.learn.loss_func, 'activation', None) or (lambda x: x)
         self.probs = act(torch.cat(self.batches))[:, 1].float().cpu().numpy()  # as `predict_probs` reads get_preds
-        self.key, self.batches = _weights_key(self.learn.model), []
+        self.key, self.batches = _weights_key(self.learn.model), None
 
     def probs_for(self, model, n_rows):
         "The kept probabilities if they came from `model`'s present weights over `n_rows` rows, else None."
@@ -166,8 +167,7 @@ class LastValidation(Callback):
 
 
 def _weights_key(model):
-    from .learner import weights_bytes
-    from ..files import short_hash
+    from .learner import weights_bytes  # here: the learner module imports this one
     return short_hash(weights_bytes(_unwrapped(model)))
 
 

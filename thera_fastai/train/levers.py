@@ -8,7 +8,7 @@ from fastai.callback.core import Callback
 
 from ..errors import TheraError
 
-__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_probs', 'lever_callbacks']
+__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_predict', 'teacher_probs', 'unsmoothed', 'lever_callbacks']
 
 
 class ProgressiveResize(Callback):
@@ -84,14 +84,24 @@ def teacher_fold(run_dir, valid_idx, device='cpu'):
                      "(train the teacher with the same folds, seed and sample)", Path(run_dir))
 
 
+def unsmoothed(probs, eps):
+    """A probability of a model trained with label smoothing `eps` (targets eps/2 and 1 - eps/2) mapped back onto
+    [0, 1]: `(p - eps/2) / (1 - eps)`, clipped. Its confidence can then reach a `pseudo_confidence` of 0.9 (a teacher
+    smoothed at 0.2 almost never says more than 0.9), and as a soft target it is smoothed once, by the student's loss."""
+    return np.clip((np.asarray(probs, np.float32) - eps / 2) / (1 - eps), 0, 1)
+
+
+def teacher_predict(teacher, images, tta=0, compile=None):
+    "The `teacher` FoldModel's P(class 1) of `images`, mapped back from its own label smoothing (`unsmoothed`)."
+    return unsmoothed(teacher.predict(images, tta=tta, compile=compile), teacher.learn.fold_info['config']['label_smoothing'])
+
+
 def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
-    """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model, mapped back from
-    the teacher's label smoothing (`unsmoothed`): the student's loss smooths its targets once, not twice."""
-    from .pseudo import unsmoothed
+    """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model, by
+    `teacher_predict`: the student's loss smooths its targets once, not twice."""
     teacher = teacher_fold(run_dir, valid_idx, device)
     probs = np.full(len(images), np.nan, np.float32)
-    smoothing = teacher.learn.fold_info['config']['label_smoothing']
-    probs[train_idx] = unsmoothed(teacher.predict(images[np.asarray(train_idx)], tta=0), smoothing)
+    probs[train_idx] = teacher_predict(teacher, images[np.asarray(train_idx)])
     return probs
 
 

@@ -2,9 +2,9 @@
 the same fold, the confident ones only, as hard 0/1 targets or as the teacher's probabilities."""
 import numpy as np
 
-from .levers import teacher_fold
+from .levers import teacher_fold, teacher_predict, unsmoothed
 
-__all__ = ['pseudo_labels', 'unsmoothed', 'with_pseudo_labels']
+__all__ = ['pseudo_labels', 'unsmoothed', 'with_pseudo_labels']  # unsmoothed: levers', shared with distillation
 
 
 def pseudo_labels(probs, confidence, targets='hard'):
@@ -19,13 +19,6 @@ def pseudo_labels(probs, confidence, targets='hard'):
     return kept, labels, soft
 
 
-def unsmoothed(probs, eps):
-    """A probability of a model trained with label smoothing `eps` (targets eps/2 and 1 - eps/2) mapped back onto
-    [0, 1]: `(p - eps/2) / (1 - eps)`, clipped. Its confidence can then reach a `pseudo_confidence` of 0.9 (a teacher
-    smoothed at 0.2 almost never says more than 0.9), and as a soft target it is smoothed once, by the student's loss."""
-    return np.clip((np.asarray(probs, np.float32) - eps / 2) / (1 - eps), 0, 1)
-
-
 def with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, device='cpu', log=print, fold=0):
     """The fit's images, labels and training rows with `cfg.pseudo`'s confident pseudo-labelled images appended after
     the labelled ones, the soft targets by row (NaN for labelled rows; None for hard targets) and a record of what was
@@ -34,8 +27,7 @@ def with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, dev
     teacher = teacher_fold(cfg.pseudo, valid_idx, device)
     teacher_cfg = teacher.learn.fold_info['config']
     tta = teacher_cfg['tta']
-    probs = teacher.predict(np.asarray(unlabeled), tta=tta, compile=False if cfg.budget else None)  # a budget has no room for compiling
-    probs = unsmoothed(probs, teacher_cfg['label_smoothing'])
+    probs = teacher_predict(teacher, np.asarray(unlabeled), tta=tta, compile=False if cfg.budget else None)  # a budget has no room for compiling
     kept, new_labels, soft = pseudo_labels(probs, cfg.pseudo_confidence, cfg.pseudo_targets)
     n = len(images)
     fit_images = np.concatenate([np.asarray(images), np.asarray(unlabeled)[kept]])
