@@ -24,13 +24,16 @@ from thera_fastai.train.learner import thera_learner  # noqa: E402
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16}
 
 
-def matmul_gflops(precision='fp32', n=2048, reps=10):
-    "Measured matmul rate of this machine in `precision`, GFLOP/s."
+def matmul_gflops(precision='fp32', n=2048, reps=10, repeats=3):
+    "Measured matmul rate of this machine in `precision`, GFLOP/s: best of `repeats` timings (a ceiling, so the best)."
     a, b = torch.randn(n, n, dtype=DTYPES[precision]), torch.randn(n, n, dtype=DTYPES[precision])
     a @ b
-    t = time.perf_counter()
-    for _ in range(reps): a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+    best = math.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(reps): a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best / 1e9
 
 
 def train_flops(model, size=64):
@@ -186,13 +189,15 @@ def main():
     p.add_argument('--profile', action='store_true', help="with --seed-pipeline: profile --arch simple's fp32 fit by operator")
     p.add_argument('--no-ingest', action='store_true', help='skip the decode-into-a-fresh-cache timing')
     p.add_argument('--conv-floor', action='store_true', help="time each arch's convolutions alone (fp32, channels-last) and stop")
+    p.add_argument('--batch-sizes', default=None, help="e.g. 32,64,128,256: each arch's bare step at each batch size, and stop")
     a = p.parse_args()
     if a.conv_floor: return print_conv_floor(a.archs.split(','), a.repeats)
+    if a.batch_sizes: return print_batch_sweep(a.archs.split(','), _precisions(a), [int(b) for b in a.batch_sizes.split(',')], a.seconds, a.repeats)
     if a.seed_pipeline: compare_seed(a)
     if not a.no_ingest:
         first, again, n = ingest(a.data)
         print(f"ingest: {n} JPEGs decoded into the cache in {first:.1f} s ({n / first:,.0f}/s); reopened in {again:.2f} s")
-    precisions = a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']
+    precisions = _precisions(a)
     gflops = {p: matmul_gflops(p) for p in precisions}
     print("matmul: " + ', '.join(f"{p} {g:.0f} GFLOP/s" for p, g in gflops.items()) + f" on {torch.get_num_threads()} threads")
     ds = open_dataset(a.data, need_val=True)
@@ -217,6 +222,31 @@ def main():
             print(f"| {spec} | {precision} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops[precision]:.0f}% | "
                   f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
     print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def _precisions(a): return a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']
+
+
+def batch_sweep(model, precision, sizes, seconds=10, repeats=2):
+    """Bare-step images/s of `model` in `precision` at each batch size of `sizes`, as rows (bs, NCHW, channels-last):
+    best of `repeats`, the sizes interleaved within each repeat so that a load on the machine spreads over all of them."""
+    best = {bs: [0.0, 0.0] for bs in sizes}
+    for _ in range(repeats):
+        for bs in sizes:
+            for i, cl in enumerate((False, True)): best[bs][i] = max(best[bs][i], bare_step(model, bs, cl, precision, seconds))
+    return [(bs, *best[bs]) for bs in sizes]
+
+
+def print_batch_sweep(specs, precisions, sizes, seconds, repeats):
+    "`batch_sweep` of each arch in each precision, as Markdown."
+    print(f"bare step (forward, backward, Adam on one preloaded batch), best of {repeats}, {torch.get_num_threads()} threads\n")
+    print("| arch | precision | batch | NCHW img/s | channels-last img/s |\n|---|---|---|---|---|")
+    for spec in specs:
+        arch, _, stem = spec.partition(':')
+        model = tf_model(FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None))
+        for precision in precisions:
+            for bs, nchw, cl in batch_sweep(model, precision, sizes, seconds, repeats):
+                print(f"| {spec} | {precision} | {bs} | {nchw:.0f} | {cl:.0f} |", flush=True)
 
 
 def print_conv_floor(specs, repeats):

@@ -1,8 +1,9 @@
-"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end; the conv floor times each convolution."""
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end; the conv floor times each convolution; the batch sweep times each batch size."""
 import os, re, subprocess, sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
 import budget_study  # noqa: E402
@@ -65,3 +66,13 @@ def test_the_conv_floor_times_every_convolution_on_its_own_input_shape():
     assert [r[0] for r in rows][:2] == ['3->16 3x3 at 64x64', '16->32 3x3 at 32x32']
     assert all(ms > 0 and gflops > 0 for _, ms, gflops in rows)
     assert floor == pytest.approx(4 / (sum(ms for _, ms, _ in rows) / 1e3))
+
+
+def test_the_batch_sweep_times_each_batch_size_in_both_layouts_on_a_copy():
+    import bench_speed
+    from thera_fastai.models import simple_cnn
+    model = simple_cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rows = bench_speed.batch_sweep(model, 'fp32', [2, 4], seconds=0.01, repeats=2)
+    assert [r[0] for r in rows] == [2, 4] and all(nchw > 0 and cl > 0 for _, nchw, cl in rows)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the steps trained a copy

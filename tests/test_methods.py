@@ -96,9 +96,8 @@ def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
     with pytest.raises(TheraError, match=r'holds no training step.*its 4 TTA passes take 80 s of that \(--tta 0 drops them\)'):
         plan_steps(100, 5, speed, 100, 1000, 4)
     assert plan_steps(100, 5, speed, 100, 1000, 0)['steps'] > 0  # the advice holds: without TTA the same budget trains
-    # A fit that reuses its last validation as the out-of-fold prediction pays one plain pass less, and only without TTA.
-    assert eval_seconds(2, 0, 1000, 0.01, 0.02, 1.0, reuse_last=True) == pytest.approx(eval_seconds(2, 0, 1000, 0.01, 0.02, 1.0) - 10)
-    assert eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0, reuse_last=True) == eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0)
+    # A fit that reuses its last validation as the out-of-fold plain pass pays one plain pass less, with TTA or without.
+    for tta in (0, 4): assert eval_seconds(2, tta, 1000, 0.01, 0.02, 1.0, reuse_last=True) == pytest.approx(eval_seconds(2, tta, 1000, 0.01, 0.02, 1.0) - 10)
     assert plan_steps(100, 5, speed, 100, 1000, 0, reuse_last=True)['steps'] == plan_steps(100, 5, speed, 100, 1000, 0)['steps'] + 5
 
 
@@ -120,6 +119,15 @@ def test_each_piece_of_the_method_is_a_switch(data, tmp_path):
     assert s['config']['hyp']['whiten'] is False and s['config']['hyp']['momentum'] == AIRBENCH['momentum']
     w = load_file(tmp_path/'plain'/'fold0'/'model.safetensors')
     assert '1.weight' in w and w['1.weight'].shape == (24,)  # the patch conv keeps its BatchNorm without whitening
+
+
+
+def test_only_lookahead_declares_that_it_moves_the_weights_after_the_last_validation():
+    from thera_fastai.train.methods import moves_weights_after_validation
+    from thera_fastai.train.training import ends_on_validated_weights
+    cases = [(FitConfig(), False), (FitConfig(method='airbench'), True), (FitConfig(method='airbench', hyp=dict(lookahead=False)), False)]
+    assert [moves_weights_after_validation(c) for c, _ in cases] == [moved for _, moved in cases]
+    assert [ends_on_validated_weights(c) for c, _ in cases] == [not moved for _, moved in cases]
 
 
 @pytest.mark.parametrize('kwargs, message', [

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastai.callback.core import Callback
+from fastai.learner import Learner
 
 import thera_fastai as tf
 import thera_fastai.train.training as training
@@ -211,27 +212,40 @@ def test_a_fold_taken_a_moment_ago_still_names_its_holder(tmp_path):
     lock.release()
 
 
-def test_without_tta_the_last_validation_is_the_out_of_fold_prediction_even_after_a_resume(data, tmp_path, monkeypatch):
-    plain = {**FIT, 'tta': 0}
-    calls = []
-    real = training.predict_probs
-    monkeypatch.setattr(training, 'predict_probs', lambda *a, **k: calls.append(1) or real(*a, **k))
-    ref = tf.fit(data, tmp_path/'ref', fold=0, **plain)
-    assert not calls  # the fit's own last validation pass was reused, not run again
-    oof = pd.read_csv(tmp_path/'ref'/'fold0'/'oof.csv').sort_values('row')
-    learn = tf.load_fold_learner(tmp_path/'ref'/'fold0')
-    images, _, _, valid = tf.fold_rows(data, tf.FitConfig(**ref['config']), 0)
+def _count_plain_reuse(monkeypatch):
+    "Records, for each out-of-fold prediction, whether it was handed the fit's last validation as its plain pass."
+    handed, real = [], training.predict_probs
+    monkeypatch.setattr(training, 'predict_probs', lambda *a, **k: handed.append(k.get('plain') is not None) or real(*a, **k))
+    return handed
+
+
+def _fresh_oof(run, data, tta):
+    "What the fold's saved weights predict for its held-out rows, in the out-of-fold file's order, with its TTA seed."
     from thera_fastai.infer.ensemble import FoldModel
-    fresh = FoldModel(0, learn, 0.5).predict(images[np.sort(valid)], tta=0)
-    np.testing.assert_allclose(oof['prob'].to_numpy(), fresh, atol=1e-6)  # what the saved weights predict
+    learn = tf.load_fold_learner(run/'fold0')
+    cfg = tf.FitConfig(**learn.fold_info['config'])
+    images, _, _, valid = tf.fold_rows(data, cfg, 0)
+    return FoldModel(0, learn, 0.5).predict(images[valid], tta=tta, bs=learn.dls.valid.bs, seed=cfg.seed)
+
+
+@pytest.mark.parametrize('tta', [0, 2])
+def test_the_last_validation_is_the_out_of_fold_plain_pass_even_after_a_resume(data, tmp_path, monkeypatch, tta):
+    fit = {**FIT, 'tta': tta}
+    handed, passes = _count_plain_reuse(monkeypatch), []
+    real_get = Learner.get_preds
+    monkeypatch.setattr(Learner, 'get_preds', lambda self, *a, **k: passes.append(1) or real_get(self, *a, **k))
+    tf.fit(data, tmp_path/'ref', fold=0, **fit)
+    assert handed == [True] and len(passes) == tta  # the last validation was handed over: only the augmented passes ran
+    oof = pd.read_csv(tmp_path/'ref'/'fold0'/'oof.csv')
+    np.testing.assert_allclose(oof['prob_tta'].to_numpy(), _fresh_oof(tmp_path/'ref', data, tta), atol=1e-6)  # what the saved weights predict
     monkeypatch.setattr(training, 'write_oof', _raise)
-    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, **plain)
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, **fit)
     monkeypatch.setattr(training, 'write_oof', real_write_oof)
-    assert tf.fit(data, tmp_path/'run', fold=0, **plain)['folds'][0]['resumed_from_epoch'] == plain['epochs']
-    assert not calls  # the kept pass rode in the last checkpoint
+    assert tf.fit(data, tmp_path/'run', fold=0, **fit)['folds'][0]['resumed_from_epoch'] == fit['epochs']
+    assert handed == [True, True, True]  # the kept pass rode in the last checkpoint
     _same_fold(tmp_path/'ref', tmp_path/'run')
-    tf.fit(data, tmp_path/'ahead', fold=0, method='airbench', **{k: v for k, v in plain.items() if k != 'arch'})
-    assert calls  # Lookahead's last pull moves the weights after the last validation: predicted again
+    tf.fit(data, tmp_path/'ahead', fold=0, method='airbench', **{k: v for k, v in fit.items() if k != 'arch'})
+    assert handed[-1] is False  # Lookahead's last pull moves the weights after the last validation: predicted in full
 
 
 real_write_oof = training.write_oof

@@ -92,8 +92,8 @@ def _eval_seconds(learn, dl, repeats=2):
 def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0, reuse_last=False):
     """Seconds a fold spends outside its training steps: a plain validation pass and the fixed cost of each of its
     `n_epochs`, then the out-of-fold predictions, `tta` augmented passes and a plain one. `reuse_last`: the last
-    validation pass is the out-of-fold prediction (no TTA, and the fit ends on the weights it validated)."""
-    plain_passes = n_epochs + (0 if reuse_last and not tta else 1)
+    validation pass is the out-of-fold plain pass (the fit ends on the weights it validated), not run again."""
+    plain_passes = n_epochs + (0 if reuse_last else 1)
     return n_valid * (plain_passes * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
 
 

@@ -138,13 +138,13 @@ class EpochCheckpoint(Callback):
 
 
 class LastValidation(Callback):
-    """Keeps the last epoch's validation P(class 1) per row with a hash of the weights it ran on, so that the fold's
-    out-of-fold prediction without TTA reuses it when the fit ended on those weights (`probs_for`) instead of running
-    the same pass again; it rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too.
-    Earlier epochs' passes are not kept. Its order puts it inside the weight EMA's swap: it hashes the weights
-    validation saw."""
+    """Keeps the last epoch's validation output per row (the loss's activation applied, as `get_preds` gives it) with a
+    hash of the weights it ran on, so that the fold's out-of-fold prediction reuses it as its plain pass when the fit
+    ended on those weights (`preds_for`) instead of running the same pass again: with TTA only the augmented passes run.
+    It rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too. Earlier epochs' passes are
+    not kept. Its order puts it inside the weight EMA's swap: it hashes the weights validation saw."""
     order = 64
-    def __init__(self): self.probs = self.key = self.batches = None
+    def __init__(self): self.preds = self.key = self.batches = None
 
     def before_validate(self): self.batches = [] if self.epoch == self.n_epoch - 1 else None
     def after_batch(self):
@@ -153,17 +153,17 @@ class LastValidation(Callback):
     def after_validate(self):
         if not self.batches: return
         act = getattr(self.learn.loss_func, 'activation', None) or (lambda x: x)
-        self.probs = act(torch.cat(self.batches))[:, 1].float().cpu().numpy()  # as `predict_probs` reads get_preds
+        self.preds = act(torch.cat(self.batches)).cpu()  # as get_preds gathers and activates them, in their own dtype
         self.key, self.batches = _weights_key(self.learn.model), None
 
-    def probs_for(self, model, n_rows):
-        "The kept probabilities if they came from `model`'s present weights over `n_rows` rows, else None."
-        ok = self.probs is not None and len(self.probs) == n_rows and world_size() == 1 and self.key == _weights_key(model)
-        return self.probs if ok else None
+    def preds_for(self, model, n_rows):
+        "The kept `(n_rows, 2)` output if it came from `model`'s present weights over `n_rows` rows, else None."
+        ok = self.preds is not None and len(self.preds) == n_rows and world_size() == 1 and self.key == _weights_key(model)
+        return self.preds if ok else None
 
-    def checkpoint_state(self): return None if self.probs is None else dict(probs=torch.from_numpy(self.probs), key=self.key)  # a tensor: checkpoints load weights-only
+    def checkpoint_state(self): return None if self.preds is None else dict(preds=self.preds, key=self.key)  # a tensor: checkpoints load weights-only
     def load_checkpoint_state(self, state):
-        if state is not None: self.probs, self.key = state['probs'].numpy(), state['key']
+        if state is not None and 'preds' in state: self.preds, self.key = state['preds'], state['key']  # 0.12.0 kept P(class 1) only: predict again
 
 
 def _weights_key(model):

@@ -46,6 +46,7 @@ class Lookahead(Callback):
     follows them with decay `0.95^5 (step/total)^3`, so early steps are nearly forgotten and late ones smoothed; the
     fit ends on the average. Its state rides in the epoch checkpoints (`checkpoint_state` / `load_checkpoint_state`)."""
     order = 64
+    moves_weights_after_validation = True  # its final pull in `after_fit` comes after the last validation
     def __init__(self, total_steps, every=5): self.total, self.every, self.avg, self.pending = total_steps, every, None, None
 
     def before_fit(self):
@@ -184,6 +185,11 @@ def airbench_lr_curve(hyp):
 def one_cycle_scheds(lr, div=25., div_final=1e5, pct_start=0.25, moms=(0.95, 0.85, 0.95)):
     "fastai's `fit_one_cycle` schedules (its defaults), for a `StepSchedule`."
     return {'lr': combined_cos(pct_start, lr / div, lr, lr / div_final), 'mom': combined_cos(pct_start, *moms)}
+
+
+def moves_weights_after_validation(cfg):
+    "Whether one of `cfg`'s method callbacks changes the weights after the fit's last validation (it declares so)."
+    return any(getattr(cb, 'moves_weights_after_validation', False) for cb in method_callbacks(cfg, 1, 1))
 
 
 def method_callbacks(cfg, total_steps, n_rows):

@@ -17,7 +17,7 @@ from ..infer.inference import predict_probs
 from .budget import measure_speed, plan_steps
 from .levers import lever_callbacks, teacher_probs
 from .pseudo import with_pseudo_labels
-from .methods import method_callbacks
+from .methods import method_callbacks, moves_weights_after_validation
 from ..models import model_profile, whiten_init
 from .callbacks import _unwrapped
 from .learner import save_weights, step_schedule, thera_learner, weights_bytes
@@ -53,8 +53,8 @@ def _plan(learn, cfg, n_valid, t0):
 
 
 def ends_on_validated_weights(cfg):
-    "Whether the fit ends on the weights its last validation ran on (Lookahead's final pull moves them after it)."
-    return world_size() == 1 and not (cfg.method == 'airbench' and cfg.hyp['lookahead'])
+    "Whether the fit ends on the weights its last validation ran on: one process, and a method that leaves them there."
+    return world_size() == 1 and not moves_weights_after_validation(cfg)
 
 
 def _whiten(learn, cfg, images, train_idx, stats):
@@ -118,12 +118,11 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
 
 
 def _oof_probs(learn, dls, cfg, fold, last_valid=None):
-    """The held-out rows' (plain, TTA) probabilities: without TTA, the last validation pass's where the fit ended on
-    the weights it ran on (the same pass, not run twice), else a prediction pass."""
-    kept = last_valid.probs_for(learn.model, len(dls.valid.dataset)) if last_valid is not None and not cfg.tta else None
-    if kept is not None: return kept, kept
+    """The held-out rows' (plain, TTA) probabilities. The plain pass is the last validation's where the fit ended on the
+    weights it ran on (the same pass, not run twice); TTA's augmented passes run here."""
+    kept = last_valid.preds_for(learn.model, len(dls.valid.dataset)) if last_valid is not None else None
     compile = False if cfg.budget else None  # a budget's estimate has no room for compiling
-    return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True)
+    return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True, plain=kept)
 
 
 def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None, last_valid=None):
