@@ -206,10 +206,9 @@ def main():
           "end-to-end fit img/s | %% of bare | predict img/s (TTA %d) | 5 folds x 20k predict |" % a.tta)
     print("|---|---|---|---|---|---|---|---|---|---|")
     for spec in a.archs.split(','):
-        arch, _, stem = spec.partition(':')
         for precision in precisions:
-            cfg = FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
-            scale = 8 if arch == "resnet18" else 1  # the ResNets are 4-13x slower: fewer rows keep the bench short
+            cfg = spec_config(spec)
+            scale = 8 if cfg.arch == "resnet18" else 1  # the ResNets are 4-13x slower: fewer rows keep the bench short
             learn = warm_learner(images, ds.labels, cfg, precision)
             model = copy.deepcopy(learn.model).to(memory_format=torch.contiguous_format)
             flops = train_flops(copy.deepcopy(model).cpu())
@@ -222,6 +221,12 @@ def main():
             print(f"| {spec} | {precision} | {flops / 1e9:.3f} | {nchw:.0f} | {cl:.0f} | {100 * cl * flops / 1e9 / gflops[precision]:.0f}% | "
                   f"{rate:.0f} | {100 * rate / cl:.0f}% | {pred:.0f} | {5 * 20000 / pred / 60:.1f} min |", flush=True)
     print(f"peak RSS of this bench: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+def spec_config(spec):
+    "The config of an `--archs` entry: an arch name, `resnet18:STEM` for a ResNet-18 stem (nopool when none is given)."
+    arch, _, stem = spec.partition(':')
+    return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
 
 
 def _precisions(a): return a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']
@@ -242,8 +247,7 @@ def print_batch_sweep(specs, precisions, sizes, seconds, repeats):
     print(f"bare step (forward, backward, Adam on one preloaded batch), best of {repeats}, {torch.get_num_threads()} threads\n")
     print("| arch | precision | batch | NCHW img/s | channels-last img/s |\n|---|---|---|---|---|")
     for spec in specs:
-        arch, _, stem = spec.partition(':')
-        model = tf_model(FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None))
+        model = tf_model(spec_config(spec))
         for precision in precisions:
             for bs, nchw, cl in batch_sweep(model, precision, sizes, seconds, repeats):
                 print(f"| {spec} | {precision} | {bs} | {nchw:.0f} | {cl:.0f} |", flush=True)
@@ -253,8 +257,7 @@ def print_conv_floor(specs, repeats):
     "`conv_floor` of each arch at its recipe's batch size, as Markdown, with this machine's fp32 matmul rate."
     print(f"matmul: fp32 {matmul_gflops('fp32'):.0f} GFLOP/s on {torch.get_num_threads()} threads")
     for spec in specs:
-        arch, _, stem = spec.partition(':')
-        cfg = FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
+        cfg = spec_config(spec)
         rows, floor = conv_floor(tf_model(cfg), cfg.bs, repeats)
         print(f"\n{spec}, batch {cfg.bs}: the convolutions alone train at most {floor:.0f} img/s\n\n"
               "| conv (in->out, kernel, input size) | forward + backward ms a batch | GFLOP/s |\n|---|---|---|")

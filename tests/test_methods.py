@@ -121,7 +121,6 @@ def test_each_piece_of_the_method_is_a_switch(data, tmp_path):
     assert '1.weight' in w and w['1.weight'].shape == (24,)  # the patch conv keeps its BatchNorm without whitening
 
 
-
 def test_only_lookahead_declares_that_it_moves_the_weights_after_the_last_validation():
     from thera_fastai.train.methods import moves_weights_after_validation
     from thera_fastai.train.training import ends_on_validated_weights

@@ -60,8 +60,9 @@ def predict_probs(learn, dl, tta=0, seed=TTA_SEED, compile=None, flip=False, wit
         with learn.no_bar(), warnings.catch_warnings(), seeded(seed):
             warnings.filterwarnings('ignore', module='fastai')
             warnings.filterwarnings('ignore', module='torch')
-            if plain is not None and not tta: return plain, plain
-            if not tta: out = learn.get_preds(dl=dl)[0]; return out, out
+            if not tta:
+                out = learn.get_preds(dl=dl)[0] if plain is None else plain
+                return out, out
             if plain is None: aug, out = learn.tta(dl=dl, n=tta, batch_tfms=tfms, beta=None)[0]
             else: aug, out = augmented_mean(learn, dl, tta, tfms).to(plain.dtype), plain
             return out, torch.lerp(aug, out, TTA_BETA)
