@@ -224,9 +224,11 @@ def main():
 
 
 def spec_config(spec):
-    "The config of an `--archs` entry: an arch name, `resnet18:STEM` for a ResNet-18 stem (nopool when none is given)."
+    """The config of an `--archs` entry: an arch name, `resnet18:STEM` for a ResNet-18 stem (nopool when none is given),
+    `@PX` after either for a working resolution (`airbench@32`)."""
+    spec, _, px = spec.partition('@')
     arch, _, stem = spec.partition(':')
-    return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None)
+    return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None, resolution=int(px) if px else None)
 
 
 def _precisions(a): return a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']

@@ -25,11 +25,12 @@ VARIANTS = ('baseline:;no-flip:flip=False;plain+threshold:balance="none";loss-we
 
 
 def parse_variants(text):
-    "'name:k=v,k=v;name2:...' -> [(name, {k: v})], values as Python literals."
+    "'name:k=v,k=v;name2:...' -> [(name, {k: v})], values as Python literals (a tuple or dict may hold commas)."
     out = []
     for item in filter(None, text.split(';')):
         name, _, kvs = item.partition(':')
-        out.append((name, {k: ast.literal_eval(v) for k, v in (kv.split('=', 1) for kv in filter(None, kvs.split(',')))}))
+        call = ast.parse(f"f({kvs})", mode='eval').body  # Python's own parser splits the k=v pairs at the top-level commas
+        out.append((name, {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords}))
     return out
 
 

@@ -143,3 +143,12 @@ def test_audit_cli_prints_one_summary_and_one_line_errors(flipped, tmp_path):
                       (('--models', run, '--n', '-1'), '--n must be at least 0')]:
         r = run_cli('thera-audit', *args)
         assert r.returncode == 2 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_32px_model_maps_its_saliency_at_half_its_working_size():
+    low = tf.create_model('airbench', resolution=32)
+    sizes = {}
+    for m in low.modules():
+        if isinstance(m, nn.Conv2d): m.register_forward_hook(lambda mod, i, o: sizes.__setitem__(mod, o.shape[-1]) or None)
+    low(torch.zeros(1, 3, 64, 64))
+    assert sizes[cam_layer(low)] == 16 and cam_layer(low) is [c for c in sizes if sizes[c] == 16][-1]

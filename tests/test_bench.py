@@ -76,3 +76,13 @@ def test_the_batch_sweep_times_each_batch_size_in_both_layouts_on_a_copy():
     rows = bench_speed.batch_sweep(model, 'fp32', [2, 4], seconds=0.01, repeats=2)
     assert [r[0] for r in rows] == [2, 4] and all(nchw > 0 and cl > 0 for _, nchw, cl in rows)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the steps trained a copy
+
+
+def test_an_archs_entry_names_the_stem_and_the_working_resolution():
+    import bench_speed
+    assert bench_speed.spec_config('resnet18').stem == 'nopool' and bench_speed.spec_config('resnet18:conv3').stem == 'conv3'
+    low = bench_speed.spec_config('airbench@32')
+    assert (low.arch, low.resolution) == ('airbench', 32) and bench_speed.spec_config('simple').resolution is None
+    assert bench_speed.spec_config('resnet18:default@16').resolution == 16
+    shapes = [s for _, s in bench_speed.conv_shapes(bench_speed.tf_model(bench_speed.spec_config('simple@32')))]
+    assert shapes[:2] == [(3, 32, 32), (16, 16, 16)]  # the convolutions see the 32 px images

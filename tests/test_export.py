@@ -79,3 +79,18 @@ def test_an_export_that_fails_part_way_leaves_no_folder(exported, tmp_path, monk
 def test_export_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
     with pytest.raises(TheraError, match='not a thera-fit output folder'): export_run(tmp_path, tmp_path/'export')
     assert not (tmp_path/'export').exists()
+
+
+def test_a_32px_model_exports_with_its_downsample_and_gives_the_same_probabilities(tmp_path):
+    import onnxruntime as ort
+    import torch
+    from thera_fastai.infer.export import OnnxFold
+    from thera_fastai.models import create_model
+    torch.manual_seed(0)
+    net = OnnxFold(create_model('airbench', resolution=32).eval(), ([0.5] * 3, [0.25] * 3)).eval()
+    images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
+    torch.onnx.export(net, (images[:2],), str(tmp_path/'m.onnx'), input_names=['images'], output_names=['prob'],
+                      dynamic_axes={'images': {0: 'n'}, 'prob': {0: 'n'}}, dynamo=False)
+    got = ort.InferenceSession(str(tmp_path/'m.onnx')).run(None, {'images': images.numpy()})[0]
+    with torch.no_grad(): want = net(images).numpy()
+    assert got.shape == want.shape and np.allclose(got, want, atol=1e-5)

@@ -243,3 +243,31 @@ def test_muon_is_a_switch_whose_filters_follow_the_schedule_and_resume_to_the_sa
     with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'resumed', cbs=[_Stop()], **kw)
     tf.fit(data, tmp_path/'resumed', **kw)
     assert (tmp_path/'resumed'/'fold0'/'model.safetensors').read_bytes() == (tmp_path/'ref'/'fold0'/'model.safetensors').read_bytes()
+
+
+def test_at_32px_the_whitening_layer_is_set_from_the_downsampled_patches_it_will_see(data, tmp_path):
+    from thera_fastai.data.cache import decode_jpeg
+    from thera_fastai.models import Downsample
+    tf.fit(data, tmp_path/'low', fold=0, epochs=1, resolution=32, **{**FIT, 'hyp': dict(whiten_eps=1e-9)})
+    w = load_file(tmp_path/'low'/'fold0'/'model.safetensors')
+    assert w['1.weight'].shape == (24, 3, 2, 2)  # the whitening conv, one index behind the Downsample (no weights)
+    record = json.loads((tmp_path/'low'/'fold0'/'fold.json').read_text())
+    assert record['config']['resolution'] == 32
+    held = {int(line.split(',')[0]) for line in (tmp_path/'low'/'fold0'/'oof.csv').read_text().splitlines()[1:]}
+    train = [r for r in range(96) if r not in held]
+    images = np.stack([decode_jpeg((data/'train_img'/f"{r + 1:06d}.jpg").read_bytes(), r) for r in train])
+    mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in record['stats'])
+    x = Downsample(2)((torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std)
+    out = torch.nn.functional.conv2d(x, w['1.weight'], stride=2)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12).double()
+    assert torch.allclose(out.T @ out / len(out), torch.eye(12, dtype=torch.float64), atol=0.02)  # white at 32 px
+
+
+def test_resolution_must_divide_the_image_size_and_a_full_size_run_keeps_its_id():
+    from thera_fastai.runs import run_id
+    for bad in (48, 64, 8, 20):
+        with pytest.raises(TheraError, match='resolution'): FitConfig(resolution=bad)
+    with pytest.raises(TheraError, match='resolution'): FitConfig(arch='simple', epochs=4, resize_from=32, resolution=32)
+    full = FitConfig()
+    assert 'resolution' in full.to_dict() and run_id(full, 'k') != run_id(FitConfig(resolution=32), 'k')
+    legacy = {k: v for k, v in full.to_dict().items() if k != 'resolution'}  # a config written before the field existed
+    assert run_id(FitConfig.from_dict(legacy), 'k') == run_id(full, 'k')

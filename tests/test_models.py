@@ -99,3 +99,18 @@ def test_model_profile_counts_parameters_and_training_flops():
 def test_airbench_net_gives_one_logit_at_64px():
     m = create_model('airbench')
     assert m(torch.randn(4, 3, 64, 64)).shape == (4, 1)
+
+
+@pytest.mark.parametrize('arch', ['simple', 'airbench', 'resnet10t'])
+def test_a_model_at_32px_averages_each_2x2_block_first_and_costs_a_quarter(arch):
+    from thera_fastai.models import Downsample, first_conv, model_profile
+    torch.manual_seed(0)
+    full, low = create_model(arch), create_model(arch, resolution=32)
+    assert isinstance(low[0], Downsample) and not any(isinstance(m, Downsample) for m in full.modules())
+    low.eval()
+    x = torch.randn(3, 3, 64, 64)
+    pooled = (x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2]) / 4
+    rest = low[1:] if len(low) > 2 else low[1]
+    with torch.no_grad(): assert torch.allclose(low(x), rest(pooled), atol=1e-5)
+    assert model_profile(low)['train_gflop'] == pytest.approx(model_profile(full)['train_gflop'] / 4, rel=0.05)
+    assert first_conv(low) is next(m for m in rest.modules() if isinstance(m, torch.nn.Conv2d))

@@ -64,6 +64,19 @@ def parse_duration(text):
     except ValueError: raise TheraError(f"is not a duration like 10m, 90s or 1h (got {text!r})", param='budget') from None
 
 
+def parse_widths(text):
+    "'32/128/128' (airbench's blocks) or '16/32,32/64,64' (simple's: a block per '/', its convs by ','); None stays None."
+    if text is None: return None
+    try: return [[int(w) for w in block.split(',')] for block in str(text).split('/')]
+    except ValueError: raise TheraError(f"{text!r} is not widths like 32/128/128 or 16/32,32/64,64", param='widths') from None
+
+
+def _arch_widths(blocks, arch):
+    "airbench takes one width a block: [[32], [128], [128]] becomes [32, 128, 128]."
+    if blocks is None or arch != 'airbench' or any(len(b) != 1 for b in blocks): return blocks
+    return [b[0] for b in blocks]
+
+
 def parse_hyp(text):
     "'k=v,k=v' as a dict of numbers and booleans (0/1, true/false); None stays None."
     if text is None: return None
@@ -119,6 +132,8 @@ def fit(
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
     resize_from:int = _D.resize_from, # Progressive resizing: the first half of the epochs at this many pixels (e.g. 32)
+    widths:str = None, # Conv widths, a block per '/': airbench 32/128/128 (default 64/256/256), simple 16/32,32/64,64/128,128
+    resolution:int = _D.resolution, # Pixels the model works at, a divisor of 64 (e.g. 32: a quarter of the FLOPs; default: 64)
     ema:float = _D.ema, # EMA of the weights with this decay (e.g. 0.999), used for validation and kept at the end
     bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability
     exclude:str = _D.exclude, # File of rows or image names to leave out of training (e.g. thera-audit's label_issues.csv)
@@ -142,7 +157,7 @@ def fit(
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
-                      ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
+                      widths=_arch_widths(parse_widths(widths), arch), resolution=resolution, ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
                       pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)
         from .api import default_out, make_config
         from .train.distributed import is_main

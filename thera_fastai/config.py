@@ -95,11 +95,12 @@ class FitConfig:
     max_shift_px: int = 2  # Largest shift of the augmentation, pixels
     tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
     sample: int = None  # Stratified subset of this many images (None: all)
-    widths: tuple = None  # Conv widths per block of the simple CNN (None: the seed's)
+    widths: tuple = None  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128) (None: the arch's)
     stem: str = None  # Stem for 64x64 (timm models): resnet18 nopool, default or conv3; others x2, x4 or default (None: the recipe's)
     pretrained: bool = False  # Start a timm model from timm's pretrained weights (needs them locally)
     weights: str = None  # Local state-dict file of the timm model to start from
     resize_from: int = None  # Progressive resizing: the first half of the epochs at this many pixels, then full size
+    resolution: int = None  # Pixels the model works at: its first layer area-averages the 64 px images to this size (32: a quarter of the FLOPs; None: 64)
     ema: float = None  # Keep an exponential moving average of the weights with this decay (e.g. 0.999) and use it
     bootstrap: float = None  # Soft bootstrapping (Reed et al. 2015): BCE target = b * label + (1 - b) * the model's own probability
     exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
@@ -120,11 +121,22 @@ class FitConfig:
         self._set_hyp()
         if isinstance(self.budget, int) and not isinstance(self.budget, bool): self.budget = float(self.budget)
         self.image_size = tuple(self.image_size)
-        if self.widths is not None: self.widths = tuple(tuple(b) for b in self.widths)
+        if self.widths is not None: self.widths = self._widths(self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
         for k in ('exclude', 'distill', 'pseudo'):  # absolute, so a notebook in another folder finds them
             if getattr(self, k) is not None: setattr(self, k, os.path.abspath(os.path.expanduser(getattr(self, k))))
         self._check()
+
+    def _widths(self, widths):
+        "simple: a tuple of blocks, each a tuple of conv widths; airbench: one width for each of its three blocks."
+        try:
+            shaped = tuple(int(w) for w in widths) if self.arch == 'airbench' else tuple(tuple(int(w) for w in b) for b in widths)
+            flat = shaped if self.arch == 'airbench' else [w for b in shaped for w in b]
+        except (TypeError, ValueError): shaped, flat = None, []
+        if shaped is None or not flat or min(flat) < 1 or (self.arch == 'airbench' and len(shaped) != 3) or not all(shaped):
+            want = "three block widths, e.g. (32, 128, 128)" if self.arch == 'airbench' else "blocks of conv widths, e.g. ((16,), (32, 32))"
+            raise TheraError(f"must be {want} (got {widths!r})", param='widths')
+        return shaped
 
     def _set_hyp(self):
         if self.method != 'airbench':
@@ -156,7 +168,7 @@ class FitConfig:
         if not 0 <= self.max_rotate <= 180: raise TheraError(f"must be in [0, 180] degrees (got {self.max_rotate!r})", param='max_rotate')
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
-        if self.widths is not None and self.arch != 'simple': raise TheraError("applies to --arch simple only", param='widths')
+        if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
         if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:
             for k in ('stem', 'weights'):
@@ -166,6 +178,11 @@ class FitConfig:
             _at_least(self.resize_from, 16, 'resize_from')
             if self.resize_from >= self.image_size[0]: raise TheraError(f"must be below the image size {self.image_size[0]}", param='resize_from')
             if self.epochs < 2: raise TheraError("needs at least 2 epochs: the first half at low resolution, the rest at full size", param='resize_from')
+        if self.resolution is not None:
+            _at_least(self.resolution, 16, 'resolution')
+            if self.image_size[0] % self.resolution or self.resolution >= self.image_size[0]:
+                raise TheraError(f"must divide the image size {self.image_size[0]} and be below it (e.g. 32; got {self.resolution})", param='resolution')
+            if self.resize_from is not None: raise TheraError("and --resize-from both set the training size: give one", param='resolution')
         if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
         if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
         _choice(self.pseudo_targets, PSEUDO_TARGETS, 'pseudo_targets')
@@ -176,11 +193,16 @@ class FitConfig:
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
+        kwargs = self._arch_kwargs()
+        return kwargs if self.resolution is None else {**kwargs, 'resolution': self.resolution}
+
+    def _arch_kwargs(self):
         if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
         if self.arch == 'airbench':
-            if self.method != 'airbench': return {}
+            kwargs = {} if self.widths is None else dict(widths=self.widths)
+            if self.method != 'airbench': return kwargs
             h = self.hyp
-            return dict(whiten=h['whiten'], bn_momentum=h['bn_momentum'], bn_weight=h['bn_weight'], dirac=h['dirac'])
+            return dict(kwargs, whiten=h['whiten'], bn_momentum=h['bn_momentum'], bn_weight=h['bn_weight'], dirac=h['dirac'])
         if not arch_stems(self.arch): return {}
         return dict(stem=self.stem, pretrained=self.pretrained, weights=self.weights)
 

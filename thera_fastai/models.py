@@ -9,7 +9,7 @@ from torch import nn
 from .config import ARCH_NAMES, RESNET_STEMS, TIMM_STEMS, arch_stems, check_arch  # noqa: F401  (re-exported)
 from .errors import TheraError
 
-__all__ = ['check_start_weights', 'ByteDropout', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
+__all__ = ['check_start_weights', 'ByteDropout', 'Downsample', 'with_resolution', 'first_conv', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
            'ARCHS', 'arch_stems', 'check_arch', 'create_model', 'model_profile']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
@@ -264,9 +264,29 @@ def require_cached_pretrained(name):
                          param='pretrained')
 
 
-def create_model(arch, **kwargs):
-    "Builds `arch` (a key of `ARCHS`, or a timm model name through `timm_64`) from its keyword arguments."
-    return ARCHS[arch](**kwargs) if arch in ARCHS else timm_64(arch, **kwargs)
+class Downsample(nn.AvgPool2d):
+    "Averages each `factor` x `factor` block of pixels: the model's first layer when it works below the images' size."
+    def __init__(self, factor): super().__init__(factor)
+
+
+def with_resolution(model, resolution, size=64):
+    """`model` working at `resolution` px on `size` px images: a `Downsample` in front, so prediction, TTA, export and
+    the saved weights need nothing else. A Sequential stays flat (its layers keep their order, one index later)."""
+    if resolution is None or resolution == size: return model
+    front = Downsample(size // resolution)
+    return nn.Sequential(front, *model) if type(model) in (nn.Sequential, SimpleCNN) else nn.Sequential(front, model)
+
+
+def first_conv(model):
+    "The model's first `Conv2d` (airbench's whitening layer), in front of which only a `Downsample` may sit."
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
+def create_model(arch, resolution=None, **kwargs):
+    """Builds `arch` (a key of `ARCHS`, or a timm model name through `timm_64`) from its keyword arguments, working at
+    `resolution` px (None: the images' 64)."""
+    model = ARCHS[arch](**kwargs) if arch in ARCHS else timm_64(arch, **kwargs)
+    return with_resolution(model, resolution)
 
 
 def model_profile(model, size=64, n_in=3):

@@ -15,9 +15,10 @@ __all__ = ['cam_layer', 'grad_cam', 'oof_saliency', 'plot_saliency']
 
 
 def cam_layer(model, size=64, min_map=None, n_in=3):
-    "The last `Conv2d`, in forward order, whose output map is at least `min_map` (default: half of `size`) pixels wide."
-    min_map = min_map or size // 2
+    """The last `Conv2d`, in forward order, whose output map is at least `min_map` pixels wide (default: half the width
+    the first conv receives: 32 for a 64 px model, 16 for one working at 32 px)."""
     convs = map_sizes(model, size, n_in)
+    min_map = min_map or convs[0][1] // 2
     wide = [m for m, _, out in convs if out >= min_map]
     return wide[-1] if wide else convs[0][0]
 

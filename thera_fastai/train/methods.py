@@ -10,6 +10,7 @@ from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.optimizer import OptimWrapper
 
 from ..compat import keep_cancelled_train_metrics
+from ..models import first_conv
 
 __all__ = ['fit_step', 'StepSchedule', 'StopAtStep', 'Lookahead', 'WhitenBiasFreeze', 'AlternatingFlip', 'airbench_splitter',
            'newton_schulz', 'MuonSGD', 'airbench_opt', 'airbench_rates', 'method_callbacks', 'one_cycle_scheds', 'airbench_lr_curve']
@@ -83,7 +84,7 @@ class WhitenBiasFreeze(Callback):
     def __init__(self, steps): self.steps = steps
     def before_batch(self):
         if not self.training: return
-        bias = self.learn.model[0].bias
+        bias = first_conv(self.learn.model).bias
         bias.requires_grad_(fit_step(self.learn) < self.steps)
         if not bias.requires_grad: bias.grad = None  # SGD skips a parameter without a gradient: no momentum, no decay
 
@@ -109,7 +110,7 @@ def airbench_splitter(model, muon=False):
     norm = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     biases = [m.bias for m in norm if m.bias is not None]
     ids = {id(p) for p in biases}
-    others = [p for p in model.parameters() if id(p) not in ids and (p.requires_grad or p is model[0].bias)]
+    others = [p for p in model.parameters() if id(p) not in ids and (p.requires_grad or p is first_conv(model).bias)]
     if not muon: return [[p for p in biases if p.requires_grad], others]
     return [[p for p in biases if p.requires_grad], [p for p in others if p.ndim != 4], [p for p in others if p.ndim == 4]]
 

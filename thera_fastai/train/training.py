@@ -18,7 +18,7 @@ from .budget import measure_speed, plan_steps
 from .levers import lever_callbacks, teacher_probs
 from .pseudo import with_pseudo_labels
 from .methods import method_callbacks, moves_weights_after_validation
-from ..models import model_profile, whiten_init
+from ..models import Downsample, first_conv, model_profile, whiten_init
 from .callbacks import _unwrapped
 from .learner import save_weights, step_schedule, thera_learner, weights_bytes
 from ..metrics import best_threshold, error_rates
@@ -64,7 +64,8 @@ def _whiten(learn, cfg, images, train_idx, stats):
     if len(rows) > cfg.hyp['whiten_images']: rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.hyp['whiten_images'], replace=False))
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
     x = (torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    whiten_init(_unwrapped(learn.model)[0], x, cfg.hyp['whiten_eps'])
+    if cfg.resolution is not None: x = Downsample(x.shape[-1] // cfg.resolution)(x)  # the patches the layer will see
+    whiten_init(first_conv(_unwrapped(learn.model)), x, cfg.hyp['whiten_eps'])
 
 
 def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False, log=print, cbs=None,
