@@ -27,6 +27,8 @@ def test_every_budget_candidate_is_a_valid_recipe_and_its_teacher_trains_first()
 def test_parse_variants_reads_names_and_typed_overrides():
     assert parse_variants('air:arch="airbench",ema=0.99,epochs=3;plain:') == [
         ('air', {'arch': 'airbench', 'ema': 0.99, 'epochs': 3}), ('plain', {})]
+    assert parse_variants('w:widths=(32,128,128),hyp={"whiten":False,"lr_end":0.1}') == [
+        ('w', {'widths': (32, 128, 128), 'hyp': {'whiten': False, 'lr_end': 0.1}})]  # commas inside a value stay in it
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """airbench's training method and time-budgeted fits on generated data: the whitening layer, the schedule over the
 fit's steps, Lookahead's resume, the budget's plan, and the paired interval that says whether a difference is noise."""
-import json
+import json, math, time
 
 import numpy as np
 import pytest
@@ -83,6 +83,55 @@ def test_a_budget_fit_plans_its_steps_ends_its_schedule_and_stays_in_budget(data
     assert rates.lrs[-1][0] == pytest.approx(FitConfig(arch='airbench').lr / 1e5)  # one-cycle's end, at the last planned step
     assert s['config']['budget'] == 25 and s['config']['epochs'] is None
     assert info['epochs_run'] == pytest.approx(plan['steps'] / plan['steps_per_epoch'])
+
+
+class _Slow(Callback):
+    "Makes every training step take `seconds` more, so that the fit's own steps are slower than its probe's."
+    def __init__(self, seconds): self.seconds = seconds
+    def after_batch(self):
+        if self.training: time.sleep(self.seconds)
+
+
+def _misjudged_probe(monkeypatch, step_s):
+    from thera_fastai.train import budget, training
+    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 4); monkeypatch.setattr(budget, 'REPLAN_AT', 0.0)  # 12 steps an epoch: after 4
+    real = training.measure_speed
+    monkeypatch.setattr(training, 'measure_speed', lambda learn: {**real(learn), 'step_s': step_s})
+
+
+SLOW_FIT = {**FIT, 'method': 'adam', 'arch': 'simple', 'bs': 4}  # 48 training rows: 12 steps an epoch
+
+
+@pytest.mark.parametrize('probe_step_s', [0.01, 1.0])
+def test_a_budget_fit_replans_on_its_own_steps_where_the_probe_misjudged_them(data, tmp_path, monkeypatch, probe_step_s):
+    _misjudged_probe(monkeypatch, probe_step_s)  # the fit's steps take about 0.1 s: the probe says 10x faster, or 10x slower
+    rates, lines = _Rates(), []
+    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _Slow(0.1)], **{**SLOW_FIT, 'log': lines.append})
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan = info['steps']
+    assert plan['probe_step_seconds'] == probe_step_s and plan['replanned_at'] == 4 and 0.1 <= plan['step_seconds'] < 0.5
+    assert any('re-planned after 4 steps' in line for line in lines)
+    assert len(rates.lrs) == plan['steps'] and rates.lrs[-1][0] == pytest.approx(FitConfig(arch='simple').lr / 1e5)  # the schedule ends there
+    history = (tmp_path/'run'/'fold0'/'history.csv').read_text().splitlines()[1:]
+    assert len(history) == plan['epochs'] == math.ceil(plan['steps'] / 12) and plan['planned_seconds'] <= 12 * 0.95
+    if probe_step_s < 0.1: assert plan['steps'] < plan['probe_steps'] / 3 and info['fold_seconds'] < 12 * 1.5  # not the probe's 7x overrun
+    else: assert plan['steps'] > 3 * plan['probe_steps'] and plan['epochs'] > 1 >= math.ceil(plan['probe_steps'] / 12)  # more epochs than planned
+
+
+def test_a_replanned_fit_resumes_to_its_replanned_steps(data, tmp_path, monkeypatch):
+    _misjudged_probe(monkeypatch, 1.0)
+
+    class _Stop(Callback):
+        order = 99
+        def after_epoch(self):
+            if self.epoch == 1: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[_Slow(0.1), _Stop()], **SLOW_FIT)
+    monkeypatch.setattr('thera_fastai.train.training.measure_speed', None)  # a resumed fit does not probe again
+    rates = _Rates()
+    s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates], **SLOW_FIT)
+    plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
+    assert s['folds'][0]['resumed_from_epoch'] == 2 and plan['replanned_at'] == 4 and plan['steps'] > 24
+    assert len(rates.lrs) == plan['steps'] - 24 and rates.lrs[-1][0] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
 
 
 def test_the_plan_fits_steps_and_evaluation_into_what_is_left():

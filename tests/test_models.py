@@ -114,3 +114,21 @@ def test_a_model_at_32px_averages_each_2x2_block_first_and_costs_a_quarter(arch)
     with torch.no_grad(): assert torch.allclose(low(x), rest(pooled), atol=1e-5)
     assert model_profile(low)['train_gflop'] == pytest.approx(model_profile(full)['train_gflop'] / 4, rel=0.05)
     assert first_conv(low) is next(m for m in rest.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_airbench_widths_set_its_three_blocks_and_come_from_the_config_and_the_command_line():
+    from thera_fastai.cli import _arch_widths, parse_widths
+    from thera_fastai.config import FitConfig
+    from thera_fastai.models import model_profile
+    cfg = FitConfig(widths=_arch_widths(parse_widths('32/128/128'), 'airbench'))
+    assert cfg.widths == (32, 128, 128) and FitConfig.from_dict(cfg.to_dict()).widths == (32, 128, 128)
+    narrow, full = create_model('airbench', **cfg.model_kwargs()), create_model('airbench')
+    outs = [m.out_channels for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert outs == [24, 32, 32, 128, 128, 128, 128] and narrow(torch.zeros(2, 3, 64, 64)).shape == (2, 1)
+    assert model_profile(narrow)['train_gflop'] < model_profile(full)['train_gflop'] / 3
+    simple = FitConfig(arch='simple', widths=parse_widths('8/16,16'))
+    assert simple.widths == ((8,), (16, 16)) and simple.model_kwargs() == dict(widths=((8,), (16, 16)))
+    for arch, bad in (('airbench', (32, 128)), ('airbench', ((32,), (64,), (64,))), ('airbench', (0, 8, 8)), ('simple', (8, 16))):
+        with pytest.raises(TheraError, match='widths'): FitConfig(arch=arch, widths=bad)
+    with pytest.raises(TheraError, match='widths'): FitConfig(arch='resnet18', widths=(8, 8, 8))
+    with pytest.raises(TheraError, match='widths'): parse_widths('32/x/128')

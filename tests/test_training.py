@@ -34,7 +34,7 @@ def test_config_defaults_come_from_the_recipe():
     (dict(folds=1), 'folds must be an integer of at least 2'),
     (dict(stem='default'), 'stem applies to timm models only'),
     (dict(arch='regnetx_002', stem='nopool'), "stem must be one of default, x2, x4 (got 'nopool')"),
-    (dict(arch='airbench', widths=((8,),)), 'widths applies to --arch simple only'),
+    (dict(arch='resnet18', widths=((8,),)), 'widths applies to --arch simple and airbench only'),
     (dict(resize_from=64), 'resize_from must be below the image size 64'),
     (dict(resize_from=8), 'resize_from must be an integer of at least 16'),
     (dict(resize_from=32, epochs=1), 'resize_from needs at least 2 epochs'),

@@ -9,10 +9,14 @@ from fastai.learner import Learner
 from .callbacks import rng_states, set_rng_states
 from ..errors import TheraError
 
-__all__ = ['SpeedProbe', 'measure_speed', 'plan_steps', 'eval_seconds']
+__all__ = ['SpeedProbe', 'measure_speed', 'plan_steps', 'eval_seconds', 'Replan', 'replan_step']
 
 PROBE_STEPS = 4  # timed steps after one untimed warm-up step (allocations, oneDNN kernel choice)
 MARGIN = 0.05  # share of the budget kept back for what the estimate misses (saving, a slower epoch)
+# The fit re-plans once on its own steps, at this share of the planned ones (at least REPLAN_MIN_STEPS, within the
+# first epoch): the probe's few steps on a throwaway copy can catch a busy or an idle moment of a shared machine.
+REPLAN_AT, REPLAN_MIN_STEPS = 0.03, 12
+EPOCH_CAP = 4  # a re-plan may grow the fit to this many times the probe's epochs (the fit runs under this cap)
 
 
 class SpeedProbe(Callback):
@@ -97,18 +101,19 @@ def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0, reu
     return n_valid * (plain_passes * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
 
 
-def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False):
+def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False, done_steps=0):
     """The most training steps whose cost, with the validation of every epoch and the final out-of-fold predictions,
     fits what is left of `budget_s` after `spent_s` at `speed` (`measure_speed`'s dict); a dict with the steps, the
-    epochs they span and the estimate. `reuse_last`: as `eval_seconds`'s. A budget that holds no step is one
-    `TheraError` saying what things cost."""
+    epochs they span and the estimate. `reuse_last`: as `eval_seconds`'s. `done_steps`: steps already trained within
+    `spent_s` (a re-plan), counted in the steps returned. A budget that holds no step is one `TheraError` saying what
+    things cost."""
     left, step_s = budget_s * (1 - MARGIN) - spent_s, speed['step_s']
     def cost(n): return eval_seconds(n, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'], reuse_last)
     best = None
     for n in range(1, 100_000):
         eval_s = cost(n)
-        steps = int((left - eval_s) / step_s)
-        if steps <= (n - 1) * n_iter: break  # one more epoch's evaluation leaves no room for its steps
+        steps = done_steps + int((left - eval_s) / step_s)
+        if steps <= max((n - 1) * n_iter, done_steps - 1): break  # one more epoch's evaluation leaves no room for its steps
         best = dict(steps=min(steps, n * n_iter), epochs=n, eval_seconds=eval_s)
     if best is None:
         tta_s = n_valid * tta * speed['aug_img_s']
@@ -116,4 +121,48 @@ def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False)
         raise TheraError(f"{budget_s:g} s holds no training step: a step takes {step_s:.2f} s and evaluating the "
                          f"{n_valid} held-out rows {cost(1):.0f} s here{hint}; give a longer budget or more threads", param='budget')
     return dict(best, budget=budget_s, step_seconds=step_s, eval_image_seconds=speed['eval_img_s'], tta_image_seconds=speed['aug_img_s'],
-                epoch_seconds=speed['epoch_s'], steps_per_epoch=n_iter, planned_seconds=spent_s + best['steps'] * step_s + best['eval_seconds'])
+                epoch_seconds=speed['epoch_s'], steps_per_epoch=n_iter,
+                planned_seconds=spent_s + (best['steps'] - done_steps) * step_s + best['eval_seconds'])
+
+
+def replan_step(plan):
+    """The step after which a budgeted fit re-plans: inside its first epoch, before the first checkpoint (None where that
+    epoch is too short to time, or the plan ends first)."""
+    at = min(max(REPLAN_MIN_STEPS, round(REPLAN_AT * plan['steps'])), plan['steps_per_epoch'] - 1)
+    return at if REPLAN_MIN_STEPS <= at < plan['steps'] else None
+
+
+def epoch_cap(plan):
+    "The most epochs a re-planned fit may run: what `learn.fit` is given, the plan's own steps ending it sooner."
+    return plan.get('epoch_cap', EPOCH_CAP * plan['epochs'])
+
+
+class Replan(Callback):
+    """Re-plans a budgeted fit once, after `replan_step(plan)` of its own steps: their mean time replaces the probe's
+    step time, the probe's evaluation times are scaled by the same ratio (the machine's load moves both), and `plan`
+    (the dict the checkpoints save) and every callback with a `retarget(total_steps)` take the new number of steps.
+    It runs inside the first epoch, so a resumed fit reads the re-planned steps from its checkpoint."""
+    order = 98
+    def __init__(self, plan, budget_s, t0, n_valid, tta, reuse_last=False, log=print):
+        self.plan, self.budget_s, self.t0, self.n_valid, self.tta, self.reuse_last, self.log = plan, budget_s, t0, n_valid, tta, reuse_last, log
+        self.at, self.t1 = replan_step(plan), None
+
+    def after_batch(self):
+        if not self.training or self.at is None: return
+        done = self.epoch * self.n_iter + self.iter + 1
+        if done == 1: self.t1 = time.perf_counter()  # the first step pays for the fit's own warm-up: not timed
+        elif done == self.at and self.t1 is not None: self._replan(done, (time.perf_counter() - self.t1) / (done - 1))
+
+    def _replan(self, done, step_s):
+        p, ratio = self.plan, step_s / self.plan['step_seconds']
+        speed = dict(step_s=step_s, eval_img_s=p['eval_image_seconds'] * ratio, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'] * ratio)
+        try: new = plan_steps(self.budget_s, time.time() - self.t0, speed, p['steps_per_epoch'], self.n_valid, self.tta, self.reuse_last, done)
+        except TheraError: new = dict(steps=done, epochs=1)  # the budget is spent already: stop here
+        cap = epoch_cap(p) * p['steps_per_epoch']
+        if new['steps'] > cap: new.update(steps=cap, epochs=epoch_cap(p))
+        self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['step_seconds']:.2f} s): {p['steps']} -> {new['steps']} steps")
+        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done, step_seconds=step_s, epoch_cap=epoch_cap(p))
+        p.update({k: v for k, v in new.items() if k != 'budget'})
+        for cb in self.learn.cbs:
+            if callable(getattr(cb, 'retarget', None)): cb.retarget(new['steps'])
+        self.at = None

@@ -144,9 +144,9 @@ class LastValidation(Callback):
     It rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too. Earlier epochs' passes are
     not kept. Its order puts it inside the weight EMA's swap: it hashes the weights validation saw."""
     order = 64
-    def __init__(self): self.preds = self.key = self.batches = None
+    def __init__(self, plan=None): self.plan, self.preds, self.key, self.batches = plan, None, None, None  # plan: its 'epochs' are the fit's
 
-    def before_validate(self): self.batches = [] if self.epoch == self.n_epoch - 1 else None
+    def before_validate(self): self.batches = [] if self.epoch == (self.plan['epochs'] if self.plan else self.n_epoch) - 1 else None
     def after_batch(self):
         if not self.training and self.batches is not None: self.batches.append(self.learn.pred.detach())
 

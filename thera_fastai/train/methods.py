@@ -5,7 +5,7 @@ from functools import partial
 import numpy as np
 import torch
 from torch import nn
-from fastai.callback.core import Callback, CancelTrainException
+from fastai.callback.core import Callback, CancelFitException, CancelTrainException
 from fastai.callback.schedule import ParamScheduler, combined_cos
 from fastai.optimizer import OptimWrapper
 
@@ -25,15 +25,20 @@ class StepSchedule(ParamScheduler):
     """fastai's `ParamScheduler` driven by the step count over `total_steps` instead of the epoch fraction, so a fit
     whose last epoch is cut short (a time budget) still runs its schedule to the end at its last step."""
     def __init__(self, scheds, total_steps): super().__init__(scheds); self.total = total_steps
+    def retarget(self, total_steps): self.total = total_steps
     def before_batch(self):
         if self.training: self._update_val(min(fit_step(self.learn) / max(self.total - 1, 1), 1.0))
 
 
 class StopAtStep(Callback):
     """Ends the training phase of the epoch at `total_steps`: the last epoch of a budgeted fit is a fraction of one,
-    whose train loss the history keeps (fastai's `Recorder` drops the training metrics of a cancelled phase)."""
+    whose train loss the history keeps (fastai's `Recorder` drops the training metrics of a cancelled phase); the fit
+    ends before an epoch that would start past it (a re-planned fit runs under a cap of epochs, not its plan's)."""
     order = 55  # after the Recorder's own reaction to the cancel, which it undoes
     def __init__(self, total_steps): self.total = total_steps
+    def retarget(self, total_steps): self.total = total_steps
+    def before_epoch(self):
+        if self.epoch * len(self.dls.train) >= self.total: raise CancelFitException()
     def before_batch(self):
         if self.training and fit_step(self.learn) >= self.total: raise CancelTrainException()
     def after_cancel_train(self): keep_cancelled_train_metrics(self.learn.recorder)
@@ -54,6 +59,7 @@ class Lookahead(Callback):
         self.avg = {k: v.detach().clone() for k, v in _float_state(self.learn.model).items()}
         if self.pending is not None: self._load(self.pending); self.pending = None
 
+    def retarget(self, total_steps): self.total = total_steps
     def _decay(self, step): return 0.95 ** 5 * (step / self.total) ** 3
 
     def after_step(self):
@@ -79,9 +85,10 @@ class Lookahead(Callback):
 
 
 class WhitenBiasFreeze(Callback):
-    "Trains the whitening layer's bias for the first `steps` steps only (its weights never train), as airbench does."
+    "Trains the whitening layer's bias for the first `share` of the `total_steps` only (its weights never train), as airbench does."
     order = -4
-    def __init__(self, steps): self.steps = steps
+    def __init__(self, share, total_steps): self.share = share; self.retarget(total_steps)
+    def retarget(self, total_steps): self.steps = round(self.share * total_steps)
     def before_batch(self):
         if not self.training: return
         bias = first_conv(self.learn.model).bias
@@ -200,7 +207,7 @@ def method_callbacks(cfg, total_steps, n_rows):
     hyp, lrs = cfg.hyp, airbench_rates(cfg.lr, cfg.wd, cfg.bs, cfg.hyp)[0]
     curve = airbench_lr_curve(hyp)
     cbs = [StepSchedule({'lr': lambda pos: [r * curve(pos) for r in lrs]}, total_steps), StopAtStep(total_steps)]
-    if hyp['whiten']: cbs.append(WhitenBiasFreeze(round(hyp['whiten_bias'] * total_steps)))
+    if hyp['whiten']: cbs.append(WhitenBiasFreeze(hyp['whiten_bias'], total_steps))
     if hyp['lookahead']: cbs.append(Lookahead(total_steps, hyp['lookahead_every']))
     if cfg.alternating_flip: cbs.append(AlternatingFlip(n_rows, cfg.seed))
     return cbs

@@ -14,7 +14,7 @@ from ..data.loaders import fold_dataloaders, image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from ..files import file_hash, short_hash, write_json
 from ..infer.inference import predict_probs
-from .budget import measure_speed, plan_steps
+from .budget import Replan, epoch_cap, measure_speed, plan_steps, replan_step
 from .levers import lever_callbacks, teacher_probs
 from .pseudo import with_pseudo_labels
 from .methods import method_callbacks, moves_weights_after_validation
@@ -36,9 +36,10 @@ def _epoch_line(recorder, fold, log=print):
     return line
 
 
-def _fit(learn, cfg, start, cbs, plan):
-    "Runs the fit from epoch `start`; one that its last checkpoint already ended still runs its callbacks' `after_fit`."
-    if cfg.method == 'airbench' or cfg.budget: return learn.fit(plan['epochs'], start_epoch=start, cbs=cbs)
+def _fit(learn, cfg, start, cbs, plan, replanning=False):
+    """Runs the fit from epoch `start`; one that its last checkpoint already ended still runs its callbacks' `after_fit`.
+    A fit that will re-plan runs under its cap of epochs, which its `StopAtStep` ends at the re-planned step."""
+    if cfg.method == 'airbench' or cfg.budget: return learn.fit(epoch_cap(plan) if replanning else plan['epochs'], start_epoch=start, cbs=cbs)
     if cfg.schedule == 'step': cbs.append(step_schedule(cfg.lr, cfg.epochs))
     fit = learn.fit_one_cycle if cfg.schedule == 'one_cycle' else learn.fit
     fit(cfg.epochs, cfg.lr, start_epoch=start, cbs=cbs)
@@ -97,15 +98,17 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
     if cfg.distill and not finished: soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device'])
     extra = list(cbs or [])
-    last_valid = LastValidation()
+    last_valid = LastValidation(plan)
     cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan), last_valid,
            *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(fit_images))]
+    replanning = bool(cfg.budget) and start == 0 and world_size() == 1 and replan_step(plan) is not None  # ranks would re-plan apart
+    if replanning: cbs.append(Replan(plan, cfg.budget, t0, len(valid_idx), cfg.tta, ends_on_validated_weights(cfg), lambda m: log(f"fold {fold}: {m}")))
     resume_callbacks(cbs, rng)
     cbs += extra
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t_fit = time.time()
     with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.seed, fold):
-        try: _fit(learn, cfg, start, cbs, plan)
+        try: _fit(learn, cfg, start, cbs, plan, replanning)
         finally:  # an error inside a batch (Ctrl-C, a diverged loss) must not leave the process in autocast either
             for cb in learn.cbs:
                 if isinstance(cb, ClosedAutocast): cb.leave()
