@@ -225,10 +225,13 @@ def main():
 
 def spec_config(spec):
     """The config of an `--archs` entry: an arch name, `resnet18:STEM` for a ResNet-18 stem (nopool when none is given),
-    `@PX` after either for a working resolution (`airbench@32`)."""
+    then `=WIDTHS` as `--widths` writes them (`airbench=32/128/128`) and `@PX` for a working resolution (`airbench@32`)."""
+    from thera_fastai.cli import _arch_widths, parse_widths
     spec, _, px = spec.partition('@')
+    spec, _, widths = spec.partition('=')
     arch, _, stem = spec.partition(':')
-    return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None, resolution=int(px) if px else None)
+    return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None, resolution=int(px) if px else None,
+                     widths=_arch_widths(parse_widths(widths), arch) if widths else None)
 
 
 def _precisions(a): return a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']

@@ -86,5 +86,6 @@ def test_an_archs_entry_names_the_stem_and_the_working_resolution():
     low = bench_speed.spec_config('airbench@32')
     assert (low.arch, low.resolution) == ('airbench', 32) and bench_speed.spec_config('simple').resolution is None
     assert bench_speed.spec_config('resnet18:default@16').resolution == 16
+    assert bench_speed.spec_config('airbench=32/128/128@32').widths == (32, 128, 128) and bench_speed.spec_config('simple=8/16,16').widths == ((8,), (16, 16))
     shapes = [s for _, s in bench_speed.conv_shapes(bench_speed.tf_model(bench_speed.spec_config('simple@32')))]
     assert shapes[:2] == [(3, 32, 32), (16, 16, 16)]  # the convolutions see the 32 px images
