@@ -226,12 +226,12 @@ def main():
 def spec_config(spec):
     """The config of an `--archs` entry: an arch name, `resnet18:STEM` for a ResNet-18 stem (nopool when none is given),
     then `=WIDTHS` as `--widths` writes them (`airbench=32/128/128`) and `@PX` for a working resolution (`airbench@32`)."""
-    from thera_fastai.cli import _arch_widths, parse_widths
+    from thera_fastai.cli import parse_widths
     spec, _, px = spec.partition('@')
     spec, _, widths = spec.partition('=')
     arch, _, stem = spec.partition(':')
     return FitConfig(arch=arch, stem=(stem or 'nopool') if arch == 'resnet18' else None, resolution=int(px) if px else None,
-                     widths=_arch_widths(parse_widths(widths), arch) if widths else None)
+                     widths=parse_widths(widths or None, arch))
 
 
 def _precisions(a): return a.precisions.split(',') if a.precisions else ['fp32', 'bf16'] if native_bf16() else ['fp32']

@@ -117,10 +117,10 @@ def test_a_model_at_32px_averages_each_2x2_block_first_and_costs_a_quarter(arch)
 
 
 def test_airbench_widths_set_its_three_blocks_and_come_from_the_config_and_the_command_line():
-    from thera_fastai.cli import _arch_widths, parse_widths
+    from thera_fastai.cli import parse_widths
     from thera_fastai.config import FitConfig
     from thera_fastai.models import model_profile
-    cfg = FitConfig(widths=_arch_widths(parse_widths('32/128/128'), 'airbench'))
+    cfg = FitConfig(widths=parse_widths('32/128/128', 'airbench'))
     assert cfg.widths == (32, 128, 128) and FitConfig.from_dict(cfg.to_dict()).widths == (32, 128, 128)
     narrow, full = create_model('airbench', **cfg.model_kwargs()), create_model('airbench')
     outs = [m.out_channels for m in narrow.modules() if isinstance(m, torch.nn.Conv2d)]

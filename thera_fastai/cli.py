@@ -64,17 +64,13 @@ def parse_duration(text):
     except ValueError: raise TheraError(f"is not a duration like 10m, 90s or 1h (got {text!r})", param='budget') from None
 
 
-def parse_widths(text):
-    "'32/128/128' (airbench's blocks) or '16/32,32/64,64' (simple's: a block per '/', its convs by ','); None stays None."
+def parse_widths(text, arch='simple'):
+    """'32/128/128' (airbench's blocks, one width each: [32, 128, 128]) or '16/32,32/64,64' (simple's: a block per '/',
+    its convs by ','); None stays None."""
     if text is None: return None
-    try: return [[int(w) for w in block.split(',')] for block in str(text).split('/')]
+    try: blocks = [[int(w) for w in block.split(',')] for block in str(text).split('/')]
     except ValueError: raise TheraError(f"{text!r} is not widths like 32/128/128 or 16/32,32/64,64", param='widths') from None
-
-
-def _arch_widths(blocks, arch):
-    "airbench takes one width a block: [[32], [128], [128]] becomes [32, 128, 128]."
-    if blocks is None or arch != 'airbench' or any(len(b) != 1 for b in blocks): return blocks
-    return [b[0] for b in blocks]
+    return [b[0] for b in blocks] if arch == 'airbench' and all(len(b) == 1 for b in blocks) else blocks
 
 
 def parse_hyp(text):
@@ -157,7 +153,7 @@ def fit(
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
-                      widths=_arch_widths(parse_widths(widths), arch), resolution=resolution, ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
+                      widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
                       pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)
         from .api import default_out, make_config
         from .train.distributed import is_main

@@ -7,6 +7,7 @@ from fastai.callback.core import Callback, CancelFitException
 from fastai.learner import Learner
 
 from .callbacks import rng_states, set_rng_states
+from .methods import fit_step
 from ..errors import TheraError
 
 __all__ = ['SpeedProbe', 'measure_speed', 'plan_steps', 'eval_seconds', 'Replan', 'replan_step']
@@ -149,7 +150,7 @@ class Replan(Callback):
 
     def after_batch(self):
         if not self.training or self.at is None: return
-        done = self.epoch * self.n_iter + self.iter + 1
+        done = fit_step(self.learn) + 1
         if done == 1: self.t1 = time.perf_counter()  # the first step pays for the fit's own warm-up: not timed
         elif done == self.at and self.t1 is not None: self._replan(done, (time.perf_counter() - self.t1) / (done - 1))
 
@@ -158,10 +159,10 @@ class Replan(Callback):
         speed = dict(step_s=step_s, eval_img_s=p['eval_image_seconds'] * ratio, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'] * ratio)
         try: new = plan_steps(self.budget_s, time.time() - self.t0, speed, p['steps_per_epoch'], self.n_valid, self.tta, self.reuse_last, done)
         except TheraError: new = dict(steps=done, epochs=1)  # the budget is spent already: stop here
-        cap = epoch_cap(p) * p['steps_per_epoch']
-        if new['steps'] > cap: new.update(steps=cap, epochs=epoch_cap(p))
+        cap = epoch_cap(p)  # of the probe's plan: what `learn.fit` was given
+        if new['steps'] > cap * p['steps_per_epoch']: new.update(steps=cap * p['steps_per_epoch'], epochs=cap)
         self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['step_seconds']:.2f} s): {p['steps']} -> {new['steps']} steps")
-        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done, step_seconds=step_s, epoch_cap=epoch_cap(p))
+        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done, step_seconds=step_s, epoch_cap=cap)
         p.update({k: v for k, v in new.items() if k != 'budget'})
         for cb in self.learn.cbs:
             if callable(getattr(cb, 'retarget', None)): cb.retarget(new['steps'])

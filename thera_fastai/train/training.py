@@ -65,8 +65,9 @@ def _whiten(learn, cfg, images, train_idx, stats):
     if len(rows) > cfg.hyp['whiten_images']: rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.hyp['whiten_images'], replace=False))
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
     x = (torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255 - mean) / std
-    if cfg.resolution is not None: x = Downsample(x.shape[-1] // cfg.resolution)(x)  # the patches the layer will see
-    whiten_init(first_conv(_unwrapped(learn.model)), x, cfg.hyp['whiten_eps'])
+    model = _unwrapped(learn.model)
+    if isinstance(model[0], Downsample): x = model[0](x)  # the patches the layer will see
+    whiten_init(first_conv(model), x, cfg.hyp['whiten_eps'])
 
 
 def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, folder, rid, fold=0, bars=False, log=print, cbs=None,
