@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastcore.script import call_parse, store_true
 
-from .config import COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
+from .config import AUTO_WIDTHS, COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import EXIT_BAD_INPUT, TheraError
 from .progress import plural, show_bars
 
@@ -66,8 +66,8 @@ def parse_duration(text):
 
 def parse_widths(text, arch='simple'):
     """'32/128/128' (airbench's blocks, one width each: [32, 128, 128]) or '16/32,32/64,64' (simple's: a block per '/',
-    its convs by ','); None stays None."""
-    if text is None: return None
+    its convs by ','); 'auto' (airbench under a budget: sized on this machine when the run starts) and None stay as they are."""
+    if text is None or str(text).strip().lower() == AUTO_WIDTHS: return None if text is None else AUTO_WIDTHS
     try: blocks = [[int(w) for w in block.split(',')] for block in str(text).split('/')]
     except ValueError: raise TheraError(f"{text!r} is not widths like 32/128/128 or 16/32,32/64,64", param='widths') from None
     return [b[0] for b in blocks] if arch == 'airbench' and all(len(b) == 1 for b in blocks) else blocks
@@ -128,7 +128,7 @@ def fit(
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
     resize_from:int = _D.resize_from, # Progressive resizing: the first half of the epochs at this many pixels (e.g. 32)
-    widths:str = None, # Conv widths, a block per '/': airbench 32/128/128 (default 64/256/256), simple 16/32,32/64,64/128,128
+    widths:str = None, # Conv widths, a block per '/': airbench 32/128/128 (default 64/256/256) or auto under --budget, simple 16/32,32/64,64/128,128
     resolution:int = _D.resolution, # Pixels the model works at, a divisor of 64 (e.g. 32: a quarter of the FLOPs; default: 64)
     ema:float = _D.ema, # EMA of the weights with this decay (e.g. 0.999), used for validation and kept at the end
     bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import TheraError
 
-__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'AUTO_WIDTHS', 'WIDTHS_LADDER', 'AUTO_MIN_EPOCHS', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
 
 # Each arch's recipe ('timm': any timm model name); where each value comes from, with the figures that chose it:
 # docs/design.md, *Recipes*.
@@ -21,6 +21,12 @@ RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
 AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23, lr_start=0.2, lr_end=0.0,
                 whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
                 dirac=True, lookahead=True, lookahead_every=5, alt_flip=True, muon=False, muon_lr=0.24, muon_momentum=0.6)
+# `widths='auto'` (`--widths auto`, a budgeted airbench fit): the widest of these whose budget holds AUTO_MIN_EPOCHS on
+# the machine that starts the run, else the narrowest. The nets that won at one budget held 2.0-2.9 epochs, those that
+# lost 0.3-1.9: docs/results.md, *The net sized to the budget*.
+AUTO_WIDTHS = 'auto'
+WIDTHS_LADDER = ((64, 256, 256), (48, 192, 192), (32, 128, 128))
+AUTO_MIN_EPOCHS = 2.5
 AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # lr and wd are FitConfig's own fields
 METHODS = ('adam', 'airbench')
 METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}
@@ -95,7 +101,7 @@ class FitConfig:
     max_shift_px: int = 2  # Largest shift of the augmentation, pixels
     tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
     sample: int = None  # Stratified subset of this many images (None: all)
-    widths: tuple = None  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128) (None: the arch's)
+    widths: tuple = None  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128), or 'auto' under a budget (None: the arch's)
     stem: str = None  # Stem for 64x64 (timm models): resnet18 nopool, default or conv3; others x2, x4 or default (None: the recipe's)
     pretrained: bool = False  # Start a timm model from timm's pretrained weights (needs them locally)
     weights: str = None  # Local state-dict file of the timm model to start from
@@ -121,7 +127,7 @@ class FitConfig:
         self._set_hyp()
         if isinstance(self.budget, int) and not isinstance(self.budget, bool): self.budget = float(self.budget)
         self.image_size = tuple(self.image_size)
-        if self.widths is not None: self.widths = self._widths(self.widths)
+        if self.widths is not None and self.widths != AUTO_WIDTHS: self.widths = self._widths(self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
         for k in ('exclude', 'distill', 'pseudo'):  # absolute, so a notebook in another folder finds them
             if getattr(self, k) is not None: setattr(self, k, os.path.abspath(os.path.expanduser(getattr(self, k))))
@@ -169,6 +175,8 @@ class FitConfig:
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
         if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
+        if self.widths == AUTO_WIDTHS and (self.arch != 'airbench' or self.budget is None):
+            raise TheraError("auto sizes the airbench net to a time budget: give --budget (and --arch airbench)", param='widths')
         if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:
             for k in ('stem', 'weights'):
@@ -193,6 +201,7 @@ class FitConfig:
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
+        if self.widths == AUTO_WIDTHS: raise TheraError("auto is chosen when the run starts (`train.sizing.size_for_budget`), before a model is built", param='widths')
         kwargs = self._arch_kwargs()
         return kwargs if self.resolution is None else {**kwargs, 'resolution': self.resolution}
 

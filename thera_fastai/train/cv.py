@@ -3,7 +3,7 @@ then the run's report from what is on disk."""
 from contextlib import nullcontext
 
 
-from ..config import FitConfig, Runtime
+from ..config import AUTO_WIDTHS, FitConfig, Runtime
 from ..data.folds import fold_splits, fold_train_rows
 from ..errors import TheraError
 from ..files import clean_stale_temps, make_folder
@@ -16,6 +16,7 @@ from ..analysis.report import run_summary, write_run_report
 from ..data.cache import cached_images
 from ..data.rows import prepare_data
 from ..runs import claim_run, fold_dir, fold_done, fold_lock, run_record
+from .sizing import size_for_budget
 from .training import train_fold
 
 __all__ = ['cross_validate']
@@ -33,9 +34,12 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         raise TheraError(f"{only_fold} is out of range for {cfg.folds} folds (0..{cfg.folds - 1})", param='fold')
     rt = runtime.resolved()
     runtime.apply()
-    check_start_weights(cfg.arch, **cfg.model_kwargs())
+    if cfg.widths != AUTO_WIDTHS: check_start_weights(cfg.arch, **cfg.model_kwargs())  # (auto: the airbench net, no start weights)
     ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     fold_splits(ds.labels[rows], cfg.folds, cfg.seed)  # refuses more folds than the rarer class has images, before any write
+    if cfg.widths == AUTO_WIDTHS:  # timed on the first fold this process trains
+        first = next(k for k in range(cfg.folds) if only_fold in (None, k))
+        cfg = size_for_budget(cfg, out, images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, first, excluded), rt, log)
     unlabeled = cached_images(ds.val, cache, n_threads=runtime.threads, log=log) if cfg.pseudo is not None else None
     run = run_record(cfg, ds, rows, dkey)
     start_process_group(rt['device'])
