@@ -70,6 +70,7 @@ def _cli(monkeypatch, capsys, func, *args):
     (['--arch', 'resnet18', '--stem', 'wide'], "--stem must be one of default, nopool, conv3 (got 'wide')"),
     (['--arch', 'resnet81'], "--arch 'resnet81' is neither a package model (simple, resnet18, airbench) nor a timm model; closest names: resnet18"),
     (['--resize-from', 64], '--resize-from must be below the image size 64'),
+    (['--widths', 'auto'], '--widths auto sizes the airbench net to a time budget: give --budget (and --arch airbench)'),
     (['--exclude', 'MISSING.txt'], 'MISSING.txt: cannot read the row list'),
     (['--distill', 'MISSING'], 'MISSING: run folder does not exist'),
     (['--precision', 'fp64'], "--precision must be one of auto, bf16, fp16, fp32 (got 'fp64')"),
