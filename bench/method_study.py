@@ -7,7 +7,8 @@ Run:  .venv/bin/python bench/method_study.py --data ../shared/data/ml_exercise_t
           --out runs/method30 [--only airbench-sgd] [--threads 1]
 `--only` trains just those candidates (several processes or machines can share `--out`); a run with every
 candidate trained writes `method_study.csv` (the raw table: `thera-compare`'s columns and the paired difference)
-and `method_study.md`, generated from the CSV (`--table CSV` regenerates it)."""
+and `method_study.md`, generated from the CSV (`--table CSV` regenerates it); `--from-compare DIR` makes both from runs
+trained apart and compared by `thera-compare ... --out DIR`."""
 import argparse, sys, warnings
 from pathlib import Path
 
@@ -62,8 +63,10 @@ def main():
     ap.add_argument('--candidates', default=CANDIDATES)
     ap.add_argument('--only', default=None, help='train just these candidates (comma-separated names)')
     ap.add_argument('--table', default=None, help='regenerate method_study.md from this method_study.csv and stop')
+    ap.add_argument('--from-compare', default=None, help="write method_study.csv and .md from a thera-compare folder's compare.csv and paired.csv and stop")
     a = ap.parse_args()
     if a.table: print(study_markdown(pd.read_csv(a.table)), end=''); return
+    if a.from_compare: write_study(Path(a.from_compare)); return
     out, budget = Path(a.out), None if a.epochs else parse_duration(a.budget)
     runs = []
     for name, over in parse_variants(a.candidates):
@@ -74,6 +77,11 @@ def main():
         print(f"{name}: trained", flush=True)
     if not all(map(trained, runs)): print("not every candidate is trained yet: no table"); return
     write_comparison(runs, out, fold=0, n=0)
+    write_study(out)
+
+
+def write_study(out):
+    "method_study.csv and method_study.md in `out`, from the compare.csv and paired.csv that thera-compare wrote there."
     table = study_table(out/'compare.csv', out/'paired.csv')
     table.to_csv(out/'method_study.csv', index=False)
     (out/'method_study.md').write_text(study_markdown(table))

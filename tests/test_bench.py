@@ -1,4 +1,4 @@
-"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; the ensemble study runs end to end; the conv floor times each convolution; the batch sweep times each batch size."""
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; a study table comes from thera-compare's files; the ensemble study runs end to end; the conv floor times each convolution; the batch sweep times each batch size."""
 import os, re, subprocess, sys
 from pathlib import Path
 
@@ -32,6 +32,18 @@ def test_parse_variants_reads_names_and_typed_overrides():
 
 
 @pytest.mark.slow
+def test_a_study_table_is_made_from_a_thera_compare_folder(tmp_path):
+    import method_study
+    (tmp_path/'compare.csv').write_text("run,recipe,images_seen,minutes,hter_cross,auc\n"
+                                        "runs/base,budget=10m,1000,7.5,0.0876,0.9693\nruns/narrow,\"widths=[48, 192, 192], budget=10m\",2000,7.9,0.0832,0.9702\n")
+    (tmp_path/'paired.csv').write_text("run,baseline,diff,lo,hi,se,n_rows,n_boot,verdict\nnarrow,base,-0.0043,-0.0096,0.0004,0.0026,20000,1000,within the noise\n")
+    method_study.write_study(tmp_path)
+    rows = (tmp_path/'method_study.md').read_text().splitlines()[2:]
+    assert rows == ['| base | budget=10m | 1,000 | 7.5 | 0.0876 | 0.9693 | - | baseline |',
+                    '| narrow | widths=[48, 192, 192], budget=10m | 2,000 | 7.9 | 0.0832 | 0.9702 | -0.0043 [-0.0096, +0.0004] | within the noise |']
+    assert method_study.study_markdown(method_study.pd.read_csv(tmp_path/'method_study.csv')).splitlines()[2:] == rows  # --table remakes it
+
+
 def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuses_members(tiny_zip, tmp_path):
     "Two 1-epoch members on generated data, one trained apart (--only): scored alone and as a vote, reused on a rerun."
     script = Path(__file__).parents[1]/'bench'/'ensemble_study.py'
