@@ -38,7 +38,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     fold_splits(ds.labels[rows], cfg.folds, cfg.seed)  # refuses more folds than the rarer class has images, before any write
     if cfg.widths == AUTO_WIDTHS:  # timed on the first fold this process trains
-        first = next(k for k in range(cfg.folds) if only_fold in (None, k))
+        first = only_fold or 0
         cfg = size_for_budget(cfg, out, images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, first, excluded), rt, log)
     unlabeled = cached_images(ds.val, cache, n_threads=runtime.threads, log=log) if cfg.pseudo is not None else None
     run = run_record(cfg, ds, rows, dkey)
