@@ -60,7 +60,7 @@ def size_for_budget(cfg: FitConfig, out, images, labels, train_idx, valid_idx, r
         if held[-1][1] >= AUTO_MIN_EPOCHS: break
     chosen = held[-1][0]
     timed = ', '.join(f"{_text(w)} {e:.1f}" for w, e in held)
-    log(f"widths auto: {_text(chosen)}, the widest whose {cfg.budget / 60:g} min hold {AUTO_MIN_EPOCHS:g} epochs here, else the narrowest "
+    log(f"widths auto: {_text(chosen)}, the widest whose {cfg.budget / 60:.3g} min hold {AUTO_MIN_EPOCHS:g} epochs here, else the narrowest "
         f"(epochs: {timed}; timed in {time.time() - t0:.0f} s)")
     return replace(cfg, widths=chosen)
 
