@@ -22,8 +22,8 @@ AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23
                 whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
                 dirac=True, lookahead=True, lookahead_every=5, alt_flip=True, muon=False, muon_lr=0.24, muon_momentum=0.6)
 # `widths='auto'` (`--widths auto`, a budgeted airbench fit): the widest of these whose budget holds AUTO_MIN_EPOCHS on
-# the machine that starts the run, else the narrowest. The nets that won at one budget held 2.0-2.9 epochs, those that
-# lost 0.3-1.9: docs/results.md, *The net sized to the budget*.
+# the machine that starts the run, else the narrowest. A narrower net beat the default wherever the default's budget held
+# 0.3-2.2 epochs and was level at 7.5: docs/results.md, *The net sized to the budget*.
 AUTO_WIDTHS = 'auto'
 WIDTHS_LADDER = ((64, 256, 256), (48, 192, 192), (32, 128, 128))
 AUTO_MIN_EPOCHS = 2.5
