@@ -67,7 +67,8 @@ def parse_duration(text):
 def parse_widths(text, arch='simple'):
     """'32/128/128' (airbench's blocks, one width each: [32, 128, 128]) or '16/32,32/64,64' (simple's: a block per '/',
     its convs by ','); 'auto' (airbench under a budget: sized on this machine when the run starts) and None stay as they are."""
-    if text is None or str(text).strip().lower() == AUTO_WIDTHS: return None if text is None else AUTO_WIDTHS
+    if text is None: return None
+    if str(text).strip().lower() == AUTO_WIDTHS: return AUTO_WIDTHS
     try: blocks = [[int(w) for w in block.split(',')] for block in str(text).split('/')]
     except ValueError: raise TheraError(f"{text!r} is not widths like 32/128/128 or 16/32,32/64,64", param='widths') from None
     return [b[0] for b in blocks] if arch == 'airbench' and all(len(b) == 1 for b in blocks) else blocks

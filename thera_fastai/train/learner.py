@@ -21,7 +21,7 @@ from ..data.rows import fold_rows
 from ..runs import FOLD_FILE, WEIGHTS_FILE, check_fold_info
 from ..models import create_model
 
-__all__ = ['TheraLearner', 'BalancedBCELoss', 'balanced_loss', 'step_schedule', 'thera_learner', 'weights_bytes', 'save_weights', 'load_weights',
+__all__ = ['TheraLearner', 'BalancedBCELoss', 'balanced_loss', 'step_schedule', 'config_dataloaders', 'thera_learner', 'weights_bytes', 'save_weights', 'load_weights',
            'load_fold_learner']
 
 
@@ -82,6 +82,13 @@ def _loss(cfg, train_labels, thresh=0.5):
     return loss
 
 
+def config_dataloaders(cfg: FitConfig, images, labels, train_idx, valid_idx, stats, device):
+    "A fold's DataLoaders as `cfg` sets them (batch size, class-balanced sampling, augmentation), normalized by `stats`."
+    from ..data.loaders import fold_dataloaders
+    return fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
+                            device=device, **cfg.aug_kwargs())
+
+
 def thera_learner(dls, cfg: FitConfig, path='.', train_labels=None, runtime=None, init_weights=True, threshold=0.5):
     """A `TheraLearner` with `cfg`'s model, one-logit BCE loss, the HTER family of metrics, and `runtime`'s
     memory layout and precision (a dict of `Runtime.resolved()`, default: this machine's).
@@ -132,7 +139,7 @@ def load_fold_learner(fold_dir, data=None, device='auto', precision=None, cache=
     rows, so `lr_find`, `fit`, `show_results` and `ClassificationInterpretation` work; without, they are a
     placeholder for `predict`, `tta` and `test_dl` on new images. `precision` defaults to the one the
     fold was trained (and its threshold picked) in; `device`: auto, cpu or cuda."""
-    from ..data.loaders import fold_dataloaders, placeholder_dataloaders
+    from ..data.loaders import placeholder_dataloaders
     fold_dir = Path(fold_dir)
     info = check_fold_info(read_json(fold_dir/FOLD_FILE, 'fold file'), fold_dir/FOLD_FILE)
     cfg = FitConfig.from_dict(info['config'], fold_dir/FOLD_FILE)
@@ -141,8 +148,7 @@ def load_fold_learner(fold_dir, data=None, device='auto', precision=None, cache=
     if data is None: dls = placeholder_dataloaders(stats, cfg.bs, rt['device'], **cfg.aug_kwargs())
     else:
         images, labels, train_idx, valid_idx = fold_rows(data, cfg, info['fold'], cache)
-        dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
-                               device=rt['device'], **cfg.aug_kwargs())
+        dls = config_dataloaders(cfg, images, labels, train_idx, valid_idx, stats, rt['device'])
     learn = thera_learner(dls, cfg, fold_dir, None if data is None else labels[train_idx], rt, init_weights=False,
                           threshold=info['threshold'])
     load_weights(learn.model, fold_dir/WEIGHTS_FILE)

@@ -11,7 +11,7 @@ import numpy as np
 from ..config import AUTO_MIN_EPOCHS, AUTO_WIDTHS, WIDTHS_LADDER, FitConfig
 from ..errors import TheraError
 from ..files import read_json
-from ..data.loaders import fold_dataloaders, image_stats
+from ..data.loaders import image_stats
 from ..runs import RUN_FILE
 from .budget import measure_speed, plan_steps
 from .distributed import world_size
@@ -32,11 +32,9 @@ def kept_config(cfg: FitConfig, out):
 def budget_epochs(cfg: FitConfig, images, labels, train_idx, valid_idx, runtime):
     """The epochs `cfg`'s budget holds for `cfg`'s model on this machine: its fold's steps and evaluation timed by the
     budget's probe and planned as the fit plans them (0 where the budget holds no step)."""
-    from .learner import thera_learner
+    from .learner import config_dataloaders, thera_learner
     from .training import ends_on_validated_weights
-    stats = image_stats(images, train_idx)
-    dls = fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
-                           device=runtime['device'], **cfg.aug_kwargs())
+    dls = config_dataloaders(cfg, images, labels, train_idx, valid_idx, image_stats(images, train_idx), runtime['device'])
     with tempfile.TemporaryDirectory() as scratch:  # the probe times a checkpoint's write: nothing lands in the run folder
         learn = thera_learner(dls, cfg, scratch, np.asarray(labels)[train_idx], runtime)
         speed = measure_speed(learn)

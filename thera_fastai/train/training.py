@@ -10,7 +10,7 @@ from fastai.torch_core import set_seed
 from .callbacks import ClosedAutocast, EpochCheckpoint, HistoryCSV, LastValidation, StopOnNonFinite, checkpoints, load_checkpoint, resume_callbacks
 from ..config import FitConfig, command_line, library_versions
 from ..errors import TheraError
-from ..data.loaders import fold_dataloaders, image_stats
+from ..data.loaders import image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from ..files import file_hash, short_hash, write_json
 from ..infer.inference import predict_probs
@@ -20,7 +20,7 @@ from .pseudo import with_pseudo_labels
 from .methods import method_callbacks, moves_weights_after_validation
 from ..models import Downsample, first_conv, model_profile, whiten_init
 from .callbacks import _unwrapped
-from .learner import save_weights, step_schedule, thera_learner, weights_bytes
+from .learner import config_dataloaders, save_weights, step_schedule, thera_learner, weights_bytes
 from ..metrics import best_threshold, error_rates
 from ..runs import FOLD_FILE, FOLD_FILES, WEIGHTS_FILE, write_oof
 
@@ -87,8 +87,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
         if unlabeled is None: raise TheraError("needs the unlabelled images (train_fold's `unlabeled`)", param='pseudo')
         fit_images, fit_labels, fit_idx, soft, pseudo = with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, runtime['device'], log, fold)
         set_seed(cfg.seed + fold, reproducible=True)  # building the teacher's model drew from the generators (its TTA puts them back)
-    dls = fold_dataloaders(fit_images, fit_labels, fit_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
-                           device=runtime['device'], **cfg.aug_kwargs())
+    dls = config_dataloaders(cfg, fit_images, fit_labels, fit_idx, valid_idx, stats, runtime['device'])
     learn = thera_learner(dls, cfg, folder, np.asarray(fit_labels)[fit_idx], runtime)
     _whiten(learn, cfg, images, train_idx, stats)
     start, rng = load_checkpoint(learn, folder)
