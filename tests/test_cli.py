@@ -19,7 +19,7 @@ slow = pytest.mark.slow
 def test_fit_flags_cover_the_config_with_its_defaults():
     params = inspect.signature(cli.fit.__wrapped__).parameters
     for f in fields(FitConfig):
-        if f.name in ('widths', 'image_size'): continue   # library-only: not a flag
+        if f.name == 'image_size': continue   # library-only: not a flag
         if f.type is bool and f.default is True: assert params[f"no_{f.name}"].default is False, f.name
         else: assert params[f.name].default == f.default, f.name
     for f in fields(Runtime):
@@ -70,7 +70,7 @@ def _cli(monkeypatch, capsys, func, *args):
     (['--arch', 'resnet18', '--stem', 'wide'], "--stem must be one of default, nopool, conv3 (got 'wide')"),
     (['--arch', 'resnet81'], "--arch 'resnet81' is neither a package model (simple, resnet18, airbench) nor a timm model; closest names: resnet18"),
     (['--resize-from', 64], '--resize-from must be below the image size 64'),
-    (['--widths', 'auto'], '--widths auto sizes the airbench net to a time budget: give --budget (and --arch airbench)'),
+    (['--widths', '32/x/128'], "--widths '32/x/128' is not widths like 32/128/128 or 16/32,32/64,64"),
     (['--exclude', 'MISSING.txt'], 'MISSING.txt: cannot read the row list'),
     (['--distill', 'MISSING'], 'MISSING: run folder does not exist'),
     (['--precision', 'fp64'], "--precision must be one of auto, bf16, fp16, fp32 (got 'fp64')"),

@@ -7,6 +7,7 @@ import pytest
 
 import thera_fastai as tf
 from conftest import synthetic_images
+from thera_fastai.api import default_out
 from thera_fastai.cli import parse_widths
 from thera_fastai.config import AUTO_MIN_EPOCHS, AUTO_WIDTHS, WIDTHS_LADDER, FitConfig, Runtime
 from thera_fastai.errors import TheraError
@@ -30,13 +31,27 @@ def _epochs(budget, step_s, steps_per_epoch=3):
     return plan['steps'] / steps_per_epoch
 
 
-def test_auto_widths_need_a_budget_and_the_airbench_net():
-    for bad in (dict(widths='auto'), dict(arch='simple', widths='auto', budget=60)):
-        with pytest.raises(TheraError, match='widths auto sizes the airbench net to a time budget'): FitConfig(**bad)
-    cfg = FitConfig(widths='auto', budget=60)
-    assert cfg.widths == AUTO_WIDTHS and cfg.to_dict()['widths'] == 'auto'
+def test_auto_is_the_default_and_sizes_only_a_budgeted_airbench_fit():
+    cfg = FitConfig(budget=60)
+    assert cfg.widths == AUTO_WIDTHS and cfg.to_dict()['widths'] == 'auto' and cfg.sized_to_budget
     with pytest.raises(TheraError, match='chosen when the run starts'): cfg.model_kwargs()
+    for unsized in (dict(), dict(widths='auto'), dict(arch='simple', budget=60), dict(arch='resnet18', budget=60)):
+        plain = FitConfig(**unsized)  # nothing to size: the arch's own widths, as before `auto` was the default
+        assert plain.widths is None and not plain.sized_to_budget and 'widths' not in plain.model_kwargs()
+    saved = {**FitConfig(budget=60).to_dict(), 'widths': None}  # a budgeted run saved before: the default net, as it trained
+    assert FitConfig.from_dict(saved).widths is None
+    assert FitConfig(budget=60, widths=(32, 128, 128)).widths == (32, 128, 128)
     assert parse_widths('auto', 'airbench') == parse_widths(' AUTO ', 'airbench') == AUTO_WIDTHS
+    assert default_out(FitConfig(budget=600)).name == 'airbench-budget10m'  # the default is not a variant
+    assert FitConfig.from_dict({k: v for k, v in saved.items() if k != 'widths'}).widths is None  # nor one saved before widths
+
+
+def test_a_data_parallel_fit_keeps_the_arch_widths_untimed(monkeypatch):
+    monkeypatch.setattr(sizing, 'world_size', lambda: 2)
+    monkeypatch.setattr(sizing, 'measure_speed', None)
+    lines = []
+    sized = sizing.size_for_budget(FitConfig(budget=60), '/nonexistent/run', None, None, None, None, None, lines.append)
+    assert sized.widths is None and sized.model_kwargs() == {} and 'not timed' in lines[0]
 
 
 @pytest.mark.parametrize('seconds_per_gflop, chosen', [(10.0, WIDTHS_LADDER[1]), (40.0, WIDTHS_LADDER[-1]), (1.0, WIDTHS_LADDER[0])])

@@ -3,7 +3,7 @@ import re
 from dataclasses import fields
 from pathlib import Path
 
-from .config import COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
+from .config import AUTO_WIDTHS, COMMAND_DEFAULTS as _C, N_BOOT, TTA_SEED, FitConfig, Runtime
 from .errors import TheraError
 
 __all__ = ['fit', 'predict', 'report', 'explore', 'compare', 'audit', 'make_config', 'default_out']
@@ -23,7 +23,7 @@ def default_out(cfg: FitConfig, root='runs', longest=48):
     name would be longer than `longest`. Each idea gets its own folder, and `thera-compare runs/*` compares them all."""
     from .files import short_hash
     base = FitConfig(arch=cfg.arch, method=cfg.method).to_dict()  # the method's own lr, wd and bs are its recipe
-    diff = {k: v for k, v in cfg.to_dict().items() if base.get(k) != v and k != 'hyp' and v is not None}  # (a budget's epochs: None)
+    diff = {k: v for k, v in cfg.to_dict().items() if base.get(k) != v and k != 'hyp' and v not in (None, AUTO_WIDTHS)}  # (a budget's epochs: None)
     diff.update({k: Path(diff[k]).stem for k in ('exclude', 'distill', 'pseudo') if k in diff})  # the file or teacher, not its folders
     diff.update({k: v for k, v in (cfg.hyp or {}).items() if (base['hyp'] or {}).get(k) != v})
     if not diff and cfg.method == 'adam': return Path(root)/cfg.arch

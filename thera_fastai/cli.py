@@ -129,7 +129,7 @@ def fit(
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
     resize_from:int = _D.resize_from, # Progressive resizing: the first half of the epochs at this many pixels (e.g. 32)
-    widths:str = None, # Conv widths, a block per '/': airbench 32/128/128 (default 64/256/256) or auto under --budget, simple 16/32,32/64,64/128,128
+    widths:str = AUTO_WIDTHS, # Conv widths, a block per '/': airbench 32/128/128 or simple 16/32,32/64,64/128,128; auto: under --budget the airbench net sized to it (config.WIDTHS_LADDER), else the arch's
     resolution:int = _D.resolution, # Pixels the model works at, a divisor of 64 (e.g. 32: a quarter of the FLOPs; default: 64)
     ema:float = _D.ema, # EMA of the weights with this decay (e.g. 0.999), used for validation and kept at the end
     bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability

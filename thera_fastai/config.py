@@ -21,8 +21,8 @@ RECIPES = {'simple': dict(lr=3e-3, bs=128, epochs=13, label_smoothing=0.0),
 AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23, lr_start=0.2, lr_end=0.0,
                 whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
                 dirac=True, lookahead=True, lookahead_every=5, alt_flip=True, muon=False, muon_lr=0.24, muon_momentum=0.6)
-# `widths='auto'` (`--widths auto`, a budgeted airbench fit): the widest of these whose budget holds AUTO_MIN_EPOCHS on
-# the machine that starts the run, else the narrowest. A narrower net beat the default wherever the default's budget held
+# `widths='auto'` (the default; it sizes the net of a budgeted airbench fit): the widest of these whose budget holds
+# AUTO_MIN_EPOCHS on the machine that starts the run, else the narrowest. A narrower net beat the default wherever the default's budget held
 # 0.3-2.2 epochs and was level at 7.5: docs/results.md, *The net sized to the budget*.
 AUTO_WIDTHS = 'auto'
 WIDTHS_LADDER = ((64, 256, 256), (48, 192, 192), (32, 128, 128))
@@ -101,7 +101,7 @@ class FitConfig:
     max_shift_px: int = 2  # Largest shift of the augmentation, pixels
     tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
     sample: int = None  # Stratified subset of this many images (None: all)
-    widths: tuple = None  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128), or 'auto' under a budget (None: the arch's)
+    widths: tuple = AUTO_WIDTHS  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128); None: the arch's; 'auto': sized to the budget of a budgeted airbench fit, else the arch's
     stem: str = None  # Stem for 64x64 (timm models): resnet18 nopool, default or conv3; others x2, x4 or default (None: the recipe's)
     pretrained: bool = False  # Start a timm model from timm's pretrained weights (needs them locally)
     weights: str = None  # Local state-dict file of the timm model to start from
@@ -127,6 +127,7 @@ class FitConfig:
         self._set_hyp()
         if isinstance(self.budget, int) and not isinstance(self.budget, bool): self.budget = float(self.budget)
         self.image_size = tuple(self.image_size)
+        if self.widths == AUTO_WIDTHS and not self.sized_to_budget: self.widths = None  # nothing to size: the arch's
         if self.widths is not None and self.widths != AUTO_WIDTHS: self.widths = self._widths(self.widths)
         if self.weights is not None: self.weights, self.pretrained = str(self.weights), True
         for k in ('exclude', 'distill', 'pseudo'):  # absolute, so a notebook in another folder finds them
@@ -175,8 +176,6 @@ class FitConfig:
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
         if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
-        if self.widths == AUTO_WIDTHS and (self.arch != 'airbench' or self.budget is None):
-            raise TheraError("auto sizes the airbench net to a time budget: give --budget (and --arch airbench)", param='widths')
         if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:
             for k in ('stem', 'weights'):
@@ -198,6 +197,11 @@ class FitConfig:
         if self.pseudo is not None and self.distill is not None: raise TheraError("and --distill both take a teacher: give one", param='pseudo')
         if not 0 < self.distill_weight <= 1: raise TheraError(f"must be in (0, 1] (got {self.distill_weight!r})", param='distill_weight')
         if self.image_size != IMAGE_SHAPE: raise TheraError(f"must be {IMAGE_SHAPE} (got {self.image_size})", param='image_size')
+
+    @property
+    def sized_to_budget(self):
+        "Whether `widths='auto'` sizes this config's net: the airbench net under a time budget."
+        return self.arch == 'airbench' and self.budget is not None
 
     def model_kwargs(self):
         "Keyword arguments of `create_model` for this config."
@@ -228,6 +232,7 @@ class FitConfig:
         "The config saved in a run folder; unknown or bad fields are one `TheraError` naming `where`."
         names = {f.name for f in fields(cls)}
         if isinstance(d, dict) and 'method' not in d: d = {**d, 'method': 'adam'}  # configs written before the method existed
+        if isinstance(d, dict) and 'widths' not in d: d = {**d, 'widths': None}  # ... before the widths: the arch's, never sized
         unknown = sorted(set(d) - names)
         if unknown: raise TheraError(f"config has unknown fields {', '.join(unknown)} (written by another version?)", where)
         try: return cls(**d)

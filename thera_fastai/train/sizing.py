@@ -1,4 +1,4 @@
-"""`--widths auto`: the airbench net sized to a time budget on the machine that starts the run. Each width of
+"""`--widths auto` (the default of a budgeted fit): the airbench net sized to a time budget on the machine that starts the run. Each width of
 `WIDTHS_LADDER`, widest first, is timed on the first fold's own rows by the budget's probe; the first whose plan holds
 `AUTO_MIN_EPOCHS` is taken, else the narrowest. The choice becomes the run's config (and so its identity): a run
 resumed or extended in the same folder keeps the widths it started with, whatever the machine's speed is then."""
@@ -50,7 +50,9 @@ def size_for_budget(cfg: FitConfig, out, images, labels, train_idx, valid_idx, r
     kept = kept_config(cfg, out)
     if kept is not None:
         log(f"widths auto: {_text(kept.widths or WIDTHS_LADDER[0])}, as the run in {out} started"); return kept
-    if world_size() > 1: raise TheraError("auto times one process: give the widths for a data-parallel fit", param='widths')
+    if world_size() > 1:  # ranks timing apart could pick different nets
+        log(f"widths auto: {_text(WIDTHS_LADDER[0])}, the arch's: a data-parallel fit is not timed (--widths to choose)")
+        return replace(cfg, widths=None)
     t0, held = time.time(), []
     for widths in WIDTHS_LADDER:
         sized = replace(cfg, widths=widths)
