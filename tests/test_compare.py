@@ -48,6 +48,8 @@ def test_minutes_to_reach_reads_the_history():
 def test_recipe_text_names_what_differs_from_the_arch_defaults():
     assert recipe_text(tf.FitConfig(arch='resnet18').to_dict()) == 'default'
     assert recipe_text(tf.FitConfig(tta=0, budget=600).to_dict()) == 'tta=0, budget=10m'  # under a budget TTA's passes cost steps
+    sized = {**tf.FitConfig(budget=600).to_dict(), 'widths': [48, 192, 192]}  # auto, as the run saved what it chose
+    assert recipe_text(sized) == 'widths=[48, 192, 192], budget=10m'
     assert recipe_text(tf.FitConfig(lr=1e-3, resize_from=32).to_dict()) == 'lr=0.001, resize_from=32'
     pseudo = tf.FitConfig(pseudo='/somewhere/runs/teacher15', pseudo_targets='soft', budget=600).to_dict()
     assert recipe_text(pseudo) == 'pseudo=teacher15, pseudo_targets=soft, budget=10m'

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from .agreement import agreement_markdown, error_agreement, shared_error_grids, write_shared_errors
-from ..config import COMMAND_DEFAULTS as _C, FitConfig
+from ..config import AUTO_WIDTHS, COMMAND_DEFAULTS as _C, FitConfig
 from ..errors import TheraError
 from ..files import atomic_write, make_folder
 from ..metrics import chance_warning
@@ -25,7 +25,7 @@ def recipe_text(config):
     none; a file or teacher by its name); of the airbench method's settings, those that differ from `AIRBENCH`; a budget in minutes."""
     base = FitConfig(arch=config['arch'], method=config.get('method', 'adam')).to_dict()
     diff = [f"{k}={Path(v).name if k in _PATHS else v}" for k, v in config.items()
-            if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v and k not in ('hyp', 'budget')]
+            if k not in _SHOWN_ELSEWHERE and k in base and base[k] != v and k not in ('hyp', 'budget') and v != AUTO_WIDTHS]
     if config.get('method', 'adam') != 'adam': diff.insert(0, f"method={config['method']}")
     diff += [f"{k}={v}" for k, v in (config.get('hyp') or {}).items() if base['hyp'].get(k) != v]
     if config.get('budget'): diff.append(f"budget={config['budget'] / 60:g}m")
