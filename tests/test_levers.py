@@ -1,5 +1,5 @@
 """Training levers on generated data: any timm model, progressive resizing, weight EMA, distillation,
-soft bootstrapping, and rows left out of training."""
+soft bootstrapping, MixUp, and rows left out of training."""
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,6 +97,39 @@ def test_soft_bootstrapping_blends_the_label_with_the_models_own_probability():
     assert torch.allclose(got, want)
     with torch.no_grad():  # validation: the plain loss against the labels
         assert torch.allclose(BalancedBCELoss(bootstrap=0.8)(logits, labels), torch.nn.functional.binary_cross_entropy_with_logits(logits, labels.float()))
+
+
+def test_mixup_blends_each_image_and_its_target_with_one_partner_at_one_weight():
+    from types import SimpleNamespace
+    from thera_fastai.train.levers import TargetMixUp
+    torch.manual_seed(0)
+    n = 32
+    x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()  # image i is i everywhere
+    y = torch.arange(n) % 2
+    cb = TargetMixUp(0.4)
+    cb.learn = SimpleNamespace(xb=(x,), yb=(y,), x=x, y=y, training=True)
+    cb.before_train(); cb.before_batch()
+    mixed_x, mixed_y, lam = cb.learn.xb[0], cb.learn.yb[0], cb.lam
+    assert mixed_y.dtype == torch.float32 and bool(((lam >= 0.5) & (lam <= 1)).all())
+    assert torch.equal(mixed_x, mixed_x[:, :1, :1, :1].expand_as(mixed_x))  # whole images blended, not patches
+    v = mixed_x[:, 0, 0, 0]
+    blended = 1 - lam > 1e-3  # rows whose own weight is not 1 within float precision
+    assert int(blended.sum()) > n // 2
+    partner = ((v - lam * x[:, 0, 0, 0]) / (1 - lam))[blended]
+    j = partner.round().long()
+    assert torch.allclose(partner, j.float(), atol=1e-2) and bool(((j >= 0) & (j < n)).all())
+    assert torch.allclose(mixed_y[blended], torch.lerp(y[j].float(), y[blended].float(), lam[blended]), atol=1e-5)  # same partner, same weight
+
+
+def test_a_mixup_fit_trains_on_blended_targets_and_validates_on_the_labels(data, tmp_path):
+    seen = _Seen()
+    s = tf.fit(data, tmp_path/'run', fold=0, epochs=2, mixup=0.4, cbs=[seen], **FIT)
+    targets = torch.cat(seen.targets)
+    assert targets.is_floating_point() and bool(((targets >= 0) & (targets <= 1)).all())
+    assert ((targets > 0.01) & (targets < 0.99)).float().mean() > 0.3  # most rows carry a blend
+    assert s['config']['mixup'] == 0.4 and 0 <= s['folds'][0]['at_05']['hter'] <= 1
+    from thera_fastai.api import default_out
+    assert default_out(tf.FitConfig(arch='simple', mixup=0.4)).name == 'simple-mixup0.4'
 
 
 @pytest.mark.parametrize('kind', ['rows', 'names', 'csv'])

@@ -79,6 +79,8 @@ def test_an_auto_sized_run_keeps_its_widths_on_resume_without_timing_again(data,
     learn = tf.load_fold_learner(tmp_path/'run'/'fold0')  # the saved weights load strictly into the chosen net
     assert model_profile(learn.model)['train_gflop'] == pytest.approx(calls[1])
     monkeypatch.setattr(sizing, 'measure_speed', None)  # a second start on a machine of any speed does not time again
+    written_before = {**run, 'config': {k: v for k, v in run['config'].items() if k != 'mixup'}}  # as before the field existed
+    (tmp_path/'run'/'config.json').write_text(json.dumps(written_before))
     again = []
     s2 = tf.fit(data, tmp_path/'run', budget=10, widths='auto', log=again.append, **FIT)  # fold 1 too, in the same run
     assert any(f"as the run in {tmp_path/'run'} started" in line for line in again) and len(s2['folds']) == 2

@@ -39,6 +39,7 @@ def test_config_defaults_come_from_the_recipe():
     (dict(resize_from=8), 'resize_from must be an integer of at least 16'),
     (dict(resize_from=32, epochs=1), 'resize_from needs at least 2 epochs'),
     (dict(ema=1.0), 'ema must be in (0, 1)'), (dict(bootstrap=0.0), 'bootstrap must be in (0, 1]'),
+    (dict(mixup=0.0), 'mixup must be a number above 0'), (dict(mixup=True), 'mixup must be a number above 0'),
     (dict(distill_weight=0.0), 'distill_weight must be in (0, 1]'),
     (dict(arch='resnet18', stem='wide'), "stem must be one of default, nopool, conv3 (got 'wide')"),
     (dict(arch='resnet81'), "arch 'resnet81' is neither a package model (simple, resnet18, airbench) nor a timm model; closest names: resnet18"),

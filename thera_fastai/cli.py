@@ -133,6 +133,7 @@ def fit(
     resolution:int = _D.resolution, # Pixels the model works at, a divisor of 64 (e.g. 32: a quarter of the FLOPs; default: 64)
     ema:float = _D.ema, # EMA of the weights with this decay (e.g. 0.999), used for validation and kept at the end
     bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability
+    mixup:float = _D.mixup, # MixUp: each training image and its target blended with another of its batch, weight ~ Beta(a, a) (e.g. 0.4)
     exclude:str = _D.exclude, # File of rows or image names to leave out of training (e.g. thera-audit's label_issues.csv)
     distill:str = _D.distill, # Teacher run folder (same folds and seed): its fold model's probabilities become soft targets
     distill_weight:float = _D.distill_weight, # Weight of the teacher's probability in the soft target
@@ -154,7 +155,7 @@ def fit(
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
-                      widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, exclude=exclude, distill=distill, distill_weight=distill_weight,
+                      widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, mixup=mixup, exclude=exclude, distill=distill, distill_weight=distill_weight,
                       pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)
         from .api import default_out, make_config
         from .train.distributed import is_main

@@ -109,6 +109,7 @@ class FitConfig:
     resolution: int = None  # Pixels the model works at: its first layer area-averages the 64 px images to this size (32: a quarter of the FLOPs; None: 64)
     ema: float = None  # Keep an exponential moving average of the weights with this decay (e.g. 0.999) and use it
     bootstrap: float = None  # Soft bootstrapping (Reed et al. 2015): BCE target = b * label + (1 - b) * the model's own probability
+    mixup: float = None  # MixUp (Zhang et al. 2018) with this Beta(a, a) (e.g. 0.4): each training image and its target blended with another of its batch
     exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
     distill: str = None  # Teacher run folder: its fold model's TTA probabilities become soft targets
     distill_weight: float = 0.5  # Weight of the teacher's probability in the soft target (the label has the rest)
@@ -192,6 +193,8 @@ class FitConfig:
             if self.resize_from is not None: raise TheraError("and --resize-from both set the training size: give one", param='resolution')
         if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
         if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
+        if self.mixup is not None and (not isinstance(self.mixup, (int, float)) or isinstance(self.mixup, bool) or self.mixup <= 0):
+            raise TheraError(f"must be a number above 0, Beta(a, a)'s a (got {self.mixup!r})", param='mixup')
         _choice(self.pseudo_targets, PSEUDO_TARGETS, 'pseudo_targets')
         if not isinstance(self.pseudo_confidence, (int, float)) or not 0.5 <= self.pseudo_confidence < 1: raise TheraError(f"must be in [0.5, 1) (got {self.pseudo_confidence!r})", param='pseudo_confidence')
         if self.pseudo is not None and self.distill is not None: raise TheraError("and --distill both take a teacher: give one", param='pseudo')

@@ -1,14 +1,15 @@
-"""Training levers a recipe can switch on: progressive resizing, an EMA of the weights, soft targets from a teacher."""
+"""Training levers a recipe can switch on: progressive resizing, an EMA of the weights, soft targets from a teacher, MixUp."""
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from fastai.callback.core import Callback
+from fastai.callback.mixup import MixUp
 
 from ..errors import TheraError
 
-__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_predict', 'teacher_probs', 'unsmoothed', 'lever_callbacks']
+__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_predict', 'teacher_probs', 'unsmoothed', 'TargetMixUp', 'lever_callbacks']
 
 
 class ProgressiveResize(Callback):
@@ -70,6 +71,18 @@ class SoftTargets(Callback):
         self.learn.yb = (torch.where(torch.isnan(probs), y, (1 - self.weight) * y + self.weight * probs),)
 
 
+class TargetMixUp(MixUp):
+    """fastai's `MixUp` for the one-logit BCE loss: each training image and its 0/1 (or soft) target are blended with
+    another row of the batch at one weight drawn from Beta(`alpha`, `alpha`) (at least half its own). The loss takes the
+    blended target as a probability, so the targets are mixed (fastai mixes the losses for integer-class losses only)."""
+    order = SoftTargets.order + 1  # after the batch transforms and any teacher's soft targets
+    def before_train(self): self.stack_y = False
+    def after_train(self): pass
+    def before_batch(self):
+        self.learn.yb = (self.y.float(),)
+        super().before_batch()
+
+
 def teacher_fold(run_dir, valid_idx, device='cpu'):
     """The `FoldModel` of the teacher run's finished fold whose held-out rows include all of `valid_idx`: that model
     never trained on the rows the student is scored on. Any other fold is refused."""
@@ -106,9 +119,10 @@ def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
 
 
 def lever_callbacks(cfg, soft_targets=None):
-    "The callbacks of `cfg`'s levers (progressive resizing, EMA, distillation or soft pseudo-labels)."
+    "The callbacks of `cfg`'s levers (progressive resizing, EMA, distillation or soft pseudo-labels, MixUp)."
     cbs = []
     if cfg.resize_from: cbs.append(ProgressiveResize(cfg.resize_from, cfg.epochs // 2))
     if cfg.ema: cbs.append(WeightEMA(cfg.ema))
     if soft_targets is not None: cbs.append(SoftTargets(soft_targets, 1.0 if cfg.pseudo else cfg.distill_weight))
+    if cfg.mixup: cbs.append(TargetMixUp(cfg.mixup))
     return cbs

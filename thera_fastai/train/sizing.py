@@ -25,8 +25,9 @@ def kept_config(cfg: FitConfig, out):
     path = Path(out)/RUN_FILE
     if not path.exists(): return None
     saved = read_json(path, 'run config').get('config')
-    if not isinstance(saved, dict) or {**saved, 'widths': None} != {**cfg.to_dict(), 'widths': None}: return None
-    return FitConfig.from_dict(saved, path)
+    if not isinstance(saved, dict): return None
+    kept = FitConfig.from_dict(saved, path)  # (fields added since it was written take their defaults)
+    return kept if {**kept.to_dict(), 'widths': None} == {**cfg.to_dict(), 'widths': None} else None
 
 
 def budget_epochs(cfg: FitConfig, images, labels, train_idx, valid_idx, runtime):
