@@ -76,8 +76,7 @@ class TargetMixUp(MixUp):
     another row of the batch at one weight drawn from Beta(`alpha`, `alpha`) (at least half its own). The loss takes the
     blended target as a probability, so the targets are mixed (fastai mixes the losses for integer-class losses only)."""
     order = SoftTargets.order + 1  # after the batch transforms and any teacher's soft targets
-    def before_train(self): self.stack_y = False
-    def after_train(self): pass
+    def before_train(self): self.stack_y = False  # (so MixHandler's after_train leaves the loss alone)
     def before_batch(self):
         self.learn.yb = (self.y.float(),)
         super().before_batch()
