@@ -47,6 +47,22 @@ def test_weighted_dl_oversamples_class_0(arrays):
     assert np.isclose(w[labels == 0].sum(), w[labels == 1].sum())
 
 
+def test_balance_strength_meets_the_classes_part_way(arrays):
+    imgs, labels = arrays
+    tr, va = fold_splits(labels, 4)[0]
+    n0, n1 = np.bincount(labels[tr], minlength=2)
+    half = np.sqrt(n0) / (np.sqrt(n0) + np.sqrt(n1))  # class 0's share at weights n^-0.5: n0 * n0^-0.5 of the total
+    assert n0 / (n0 + n1) < half < 0.5
+    w = class_weights(labels[tr], 0.5)
+    assert np.isclose(w[labels[tr] == 0].sum() / w.sum(), half)
+    assert np.allclose(class_weights(labels[tr], 1.0), class_weights(labels[tr]))
+    set_seed(0)
+    dls = fold_dataloaders(imgs, labels, tr, va, bs=50, power=0.5)
+    ys = torch.cat([y for _ in range(20) for _, y in dls.train])
+    share = (ys == 0).float().mean().item()
+    assert abs(share - half) < 4 * np.sqrt(half * (1 - half) / len(ys)), (share, half)  # within 4 standard errors
+
+
 def test_fast_and_plain_paths_yield_the_same_batches(arrays):
     imgs, labels = arrays
     tr, va = fold_splits(labels, 4)[0]

@@ -41,6 +41,8 @@ def test_config_defaults_come_from_the_recipe():
     (dict(ema=1.0), 'ema must be in (0, 1)'), (dict(bootstrap=0.0), 'bootstrap must be in (0, 1]'),
     (dict(mixup=0.0), 'mixup must be a number above 0'), (dict(mixup=True), 'mixup must be a number above 0'),
     (dict(distill_weight=0.0), 'distill_weight must be in (0, 1]'),
+    (dict(balance_strength=0.0), 'balance_strength must be in (0, 1]'), (dict(balance_strength=1.5), 'balance_strength must be in (0, 1]'),
+    (dict(balance='none', balance_strength=0.5), 'balance_strength sets how far --balance sampler or loss goes'),
     (dict(arch='resnet18', stem='wide'), "stem must be one of default, nopool, conv3 (got 'wide')"),
     (dict(arch='resnet81'), "arch 'resnet81' is neither a package model (simple, resnet18, airbench) nor a timm model; closest names: resnet18"),
     (dict(arch='vgg'), "arch 'vgg' is neither a package model"),
@@ -113,6 +115,27 @@ def test_balanced_loss_weighs_both_classes_equally():
     logits, targs = torch.zeros(100, 1), torch.tensor(labels)
     per_class = [loss(logits[labels == c], targs[labels == c]).item() * (labels == c).sum() for c in (0, 1)]
     assert np.isclose(per_class[0], per_class[1], rtol=1e-5)
+
+
+def test_balance_strength_scales_the_class_1_weight_by_a_power_of_the_ratio():
+    labels = np.array([0] * 10 + [1] * 90)
+    logits, targs = torch.zeros(100, 1), torch.tensor(labels)
+    per_class = [balanced_loss(labels, power=0.5)(logits[labels == c], targs[labels == c]).item() * (labels == c).sum() for c in (0, 1)]
+    assert np.isclose(per_class[1] / per_class[0], 9 * (1 / 9) ** 0.5, rtol=1e-5)  # 90 rows at weight sqrt(10/90) against 10 at 1
+
+
+def test_a_config_s_balance_strength_reaches_its_sampler_and_its_loss():
+    from thera_fastai.data.loaders import class_weights
+    from thera_fastai.train.learner import _loss, config_dataloaders
+    labels = (np.random.default_rng(1).random(200) > 0.12).astype(np.int8)
+    tr, va = fold_splits(labels, 4)[0]
+    for strength in (None, 0.5):
+        cfg = FitConfig(arch='simple', bs=16, balance_strength=strength)
+        dls = config_dataloaders(cfg, synthetic_images(labels), labels, tr, va, stats=None, device='cpu')
+        want = class_weights(labels[tr], 1.0 if strength is None else strength)
+        assert np.allclose(dls.train.wgts, want / want.sum())
+    n0, n1 = np.bincount(labels[tr])
+    assert np.isclose(_loss(FitConfig(arch='simple', balance='loss', balance_strength=0.5), labels[tr]).func.pos_weight.item(), (n0 / n1) ** 0.5, rtol=1e-6)
 
 
 def test_label_smoothing_moves_the_loss_minimum():

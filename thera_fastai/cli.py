@@ -120,6 +120,7 @@ def fit(
     wd:float = _D.wd, # Weight decay (default: the method's, config.METHOD_DEFAULTS and config.AIRBENCH)
     tta:int = _D.tta, # TTA passes for out-of-fold predictions (0 = none)
     balance:str = _D.balance, # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
+    balance_strength:float = _D.balance_strength, # How far --balance evens the classes: weights ~ class frequency^-s, in (0, 1] (default 1: fully; 0.5: halfway)
     no_flip:store_true = not _D.flip, # No horizontal flip in augmentation
     max_rotate:float = _D.max_rotate, # Largest rotation of the augmentation, degrees
     max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
@@ -153,7 +154,7 @@ def fit(
         _quiet_third_party()
         from .api import fit as fit_run
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
-                      balance=balance, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
+                      balance=balance, balance_strength=balance_strength, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, mixup=mixup, exclude=exclude, distill=distill, distill_weight=distill_weight,
                       pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)

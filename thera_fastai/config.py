@@ -94,6 +94,7 @@ class FitConfig:
     wd: float = None  # Weight decay (adam: 0.01, fastai's decoupled, not on BatchNorm or biases; airbench: per 1024 examples)
     seed: int = 42  # Seed for folds, sampling, initialization and TTA
     balance: str = 'sampler'  # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
+    balance_strength: float = None  # How far --balance evens the classes: weights ~ class frequency^-s (None: 1, fully; 0.5: halfway on a log scale)
     schedule: str = 'one_cycle'  # LR schedule: one_cycle, step (x0.1 every 10 epochs, the seed's StepLR) or constant
     label_smoothing: float = None  # BCE label smoothing eps: targets eps/2 and 1-eps/2 (None: the arch's recipe)
     flip: bool = True  # Horizontal flip in augmentation
@@ -176,6 +177,10 @@ class FitConfig:
         if not 0 <= self.max_rotate <= 180: raise TheraError(f"must be in [0, 180] degrees (got {self.max_rotate!r})", param='max_rotate')
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
+        if self.balance_strength is not None:
+            if not isinstance(self.balance_strength, (int, float)) or isinstance(self.balance_strength, bool) or not 0 < self.balance_strength <= 1:
+                raise TheraError(f"must be in (0, 1] (got {self.balance_strength!r})", param='balance_strength')
+            if self.balance == 'none': raise TheraError("sets how far --balance sampler or loss goes: give one of them", param='balance_strength')
         if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
         if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:

@@ -119,16 +119,16 @@ def thera_datablock(images, labels, valid_idx, stats, flip=True, max_rotate=5.0,
                      batch_tfms=[*aug, Normalize.from_stats(*stats, cuda=False)])
 
 
-def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True, stats=None, fast=True, device=None, **aug):
+def fold_dataloaders(images, labels, train_idx, valid_idx, bs=128, weighted=True, stats=None, fast=True, device=None, power=1.0, **aug):
     """Train/valid `DataLoaders` for one fold over `train_idx + valid_idx` rows.
 
-    `weighted` samples the training rows with inverse class frequency (with replacement, one
-    epoch = the train size); `fast` gathers batches from the cache (`CacheDL`), else fastai's
+    `weighted` samples the training rows with their class frequency to the power `-power` (1: inverse frequency,
+    the classes balanced; with replacement, one epoch = the train size); `fast` gathers batches from the cache (`CacheDL`), else fastai's
     per-item path (`WeightedDL`), which yields the same batches."""
     rows = np.concatenate([train_idx, valid_idx])
     stats = stats or image_stats(images, train_idx)
     dblock = thera_datablock(images, labels, np.arange(len(train_idx), len(rows)), stats, **aug)
-    wgts = class_weights(np.asarray(labels)[train_idx]) if weighted else None
+    wgts = class_weights(np.asarray(labels)[train_idx], power) if weighted else None
     return dblock.dataloaders(rows.tolist(), bs=bs, dl_type=CacheDL if fast else WeightedDL, dl_kwargs=[{'wgts': wgts}, {}],
                               num_workers=0, device=device, pin_memory=str(device).startswith('cuda'))
 

@@ -60,10 +60,10 @@ class TheraLearner(Learner):
         with without_cache(self.dls): super().export(fname, **kwargs)
 
 
-def balanced_loss(labels, smoothing=0.0, bootstrap=None):
-    "BCE whose class-1 term is scaled by n0/n1, so both classes weigh the same in the loss."
+def balanced_loss(labels, smoothing=0.0, bootstrap=None, power=1.0):
+    "BCE whose class-1 term is scaled by (n0/n1)^`power`: at 1 both classes weigh the same in the loss."
     counts = np.bincount(np.asarray(labels), minlength=2)
-    return BalancedBCELoss(counts[0] / counts[1], smoothing, bootstrap)
+    return BalancedBCELoss((counts[0] / counts[1]) ** float(power), smoothing, bootstrap)
 
 
 def step_schedule(lr, epochs, step_epochs=10, gamma=0.1):
@@ -76,16 +76,19 @@ def _stepped(lr, epochs, step_epochs, gamma, pos): return lr * gamma ** int(pos 
 
 def _loss(cfg, train_labels, thresh=0.5):
     if cfg.balance == 'loss' and train_labels is not None:
-        loss = balanced_loss(train_labels, cfg.label_smoothing, cfg.bootstrap)
+        loss = balanced_loss(train_labels, cfg.label_smoothing, cfg.bootstrap, _strength(cfg))
     else: loss = BalancedBCELoss(smoothing=cfg.label_smoothing, bootstrap=cfg.bootstrap)  # (prediction only: no class weight)
     loss.thresh = thresh
     return loss
 
 
+def _strength(cfg): return 1.0 if cfg.balance_strength is None else cfg.balance_strength
+
+
 def config_dataloaders(cfg: FitConfig, images, labels, train_idx, valid_idx, stats, device):
     "A fold's DataLoaders as `cfg` sets them (batch size, class-balanced sampling, augmentation), normalized by `stats`."
     from ..data.loaders import fold_dataloaders
-    return fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', stats=stats,
+    return fold_dataloaders(images, labels, train_idx, valid_idx, bs=cfg.bs, weighted=cfg.balance == 'sampler', power=_strength(cfg), stats=stats,
                             device=device, **cfg.aug_kwargs())
 
 
