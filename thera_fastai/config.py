@@ -76,8 +76,11 @@ def _choice(value, options, param):
     if value not in options: raise TheraError(f"must be one of {', '.join(options)} (got {value!r})", param=param)
 
 
+def _is_number(value, kind=(int, float)): return isinstance(value, kind) and not isinstance(value, bool)
+
+
 def _at_least(value, low, param, kind=int):
-    if not isinstance(value, kind) or isinstance(value, bool) or value < low:
+    if not _is_number(value, kind) or value < low:
         raise TheraError(f"must be {'an integer' if kind is int else 'a number'} of at least {low} (got {value!r})", param=param)
 
 
@@ -127,7 +130,7 @@ class FitConfig:
         for k in ('bs', 'lr', 'wd', 'epochs', 'label_smoothing', 'stem'):  # stem: None where the recipe has none
             if getattr(self, k) is None and not (k == 'epochs' and self.budget is not None): setattr(self, k, recipe.get(k))
         self._set_hyp()
-        if isinstance(self.budget, int) and not isinstance(self.budget, bool): self.budget = float(self.budget)
+        if _is_number(self.budget, int): self.budget = float(self.budget)
         self.image_size = tuple(self.image_size)
         if self.widths == AUTO_WIDTHS and not self.sized_to_budget: self.widths = None  # nothing to size: the arch's
         if self.widths is not None and self.widths != AUTO_WIDTHS: self.widths = self._widths(self.widths)
@@ -178,7 +181,7 @@ class FitConfig:
         if not 0 <= self.label_smoothing < 1: raise TheraError(f"must be in [0, 1) (got {self.label_smoothing})", param='label_smoothing')
         _choice(self.balance, BALANCES, 'balance'); _choice(self.schedule, SCHEDULES, 'schedule')
         if self.balance_strength is not None:
-            if not isinstance(self.balance_strength, (int, float)) or isinstance(self.balance_strength, bool) or not 0 < self.balance_strength <= 1:
+            if not _is_number(self.balance_strength) or not 0 < self.balance_strength <= 1:
                 raise TheraError(f"must be in (0, 1] (got {self.balance_strength!r})", param='balance_strength')
             if self.balance == 'none': raise TheraError("sets how far --balance sampler or loss goes: give one of them", param='balance_strength')
         if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
@@ -198,7 +201,7 @@ class FitConfig:
             if self.resize_from is not None: raise TheraError("and --resize-from both set the training size: give one", param='resolution')
         if self.ema is not None and not (isinstance(self.ema, float) and 0 < self.ema < 1): raise TheraError(f"must be in (0, 1) (got {self.ema!r})", param='ema')
         if self.bootstrap is not None and not 0 < self.bootstrap <= 1: raise TheraError(f"must be in (0, 1] (got {self.bootstrap!r})", param='bootstrap')
-        if self.mixup is not None and (not isinstance(self.mixup, (int, float)) or isinstance(self.mixup, bool) or self.mixup <= 0):
+        if self.mixup is not None and (not _is_number(self.mixup) or self.mixup <= 0):
             raise TheraError(f"must be a number above 0, Beta(a, a)'s a (got {self.mixup!r})", param='mixup')
         _choice(self.pseudo_targets, PSEUDO_TARGETS, 'pseudo_targets')
         if not isinstance(self.pseudo_confidence, (int, float)) or not 0.5 <= self.pseudo_confidence < 1: raise TheraError(f"must be in [0.5, 1) (got {self.pseudo_confidence!r})", param='pseudo_confidence')
