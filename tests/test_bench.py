@@ -44,6 +44,26 @@ def test_a_study_table_is_made_from_a_thera_compare_folder(tmp_path):
     assert method_study.study_markdown(method_study.pd.read_csv(tmp_path/'method_study.csv')).splitlines()[2:] == rows  # --table remakes it
 
 
+def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path):
+    import json, budget_adherence
+    def fold(run, k, budget, **plan):
+        (tmp_path/run/f'fold{k}').mkdir(parents=True)
+        steps = dict(budget=budget, steps=900, step_seconds=0.4, planned_seconds=1710.0, **plan) if budget else dict(steps=300, epochs=1)
+        info = dict(fold=k, versions=dict(thera_fastai='9.9'), steps=steps, fold_seconds=1890.0, epochs_run=1.5)
+        (tmp_path/run/f'fold{k}'/'fold.json').write_text(json.dumps(info))
+    fold('old', 0, 1800.0, probe_steps=1000, probe_step_seconds=0.36, replanned_at=30)
+    fold('new', 0, 1800.0, probe_steps=1000, probe_step_seconds=0.36, replanned_at=30,
+         epoch_replans=[dict(epoch=0, step_seconds=0.41, steps_from=950, steps_to=920), dict(epoch=1, step_seconds=0.43, steps_from=920, steps_to=900)])
+    fold('epochs', 0, None)
+    table = budget_adherence.adherence_table([tmp_path/'old', tmp_path/'new', tmp_path/'epochs'])
+    assert list(table['run']) == ['old', 'new']  # a fit of fixed epochs has no budget to keep
+    assert table['over_min'].tolist() == [1.5, 1.5] and table['epoch_replans'].tolist() == [0, 2]
+    assert table['last_step_s'].tolist() == [0.4, 0.43] and table['probe_step_s'].tolist() == [0.36, 0.36]
+    table.to_csv(tmp_path/'a.csv', index=False)
+    lines = budget_adherence.adherence_markdown(budget_adherence.pd.read_csv(tmp_path/'a.csv')).splitlines()
+    assert lines[3] == '| new | 0 | 9.9 | 30 | 28.5 | 31.5 | +1.5 | 900 (1,000) | yes, 2 | 0.360, 0.430 |'
+
+
 def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuses_members(tiny_zip, tmp_path):
     "Two 1-epoch members on generated data, one trained apart (--only): scored alone and as a vote, reused on a rerun."
     script = Path(__file__).parents[1]/'bench'/'ensemble_study.py'

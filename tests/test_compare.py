@@ -163,7 +163,7 @@ def test_compare_warns_of_a_run_that_has_not_learned_and_leaves_it_out_of_the_er
     assert f"**Warning: {noise} has not learned" in md and md.count('has not learned') == 1
     agreement = md.split('## Errors in common')[1]
     assert 'by all 2 runs' in agreement and '| noise |' not in agreement
-    assert list(pd.read_csv(tmp_path/'cmp'/'paired.csv')['run']) == ['air-ema']
+    assert list(pd.read_csv(tmp_path/'cmp'/'paired.csv')['run'])[:2] == ['air-ema', 'blend']  # the blend of the two that learned
 
 
 NO_TORCH = """

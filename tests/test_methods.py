@@ -134,6 +134,85 @@ def test_a_replanned_fit_resumes_to_its_replanned_steps(data, tmp_path, monkeypa
     assert len(rates.lrs) == plan['steps'] - 24 and rates.lrs[-1][0] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
 
 
+class _SlowFrom(Callback):
+    "Makes every training step take `before` seconds more until epoch `epoch`, and `after` seconds more from it on."
+    def __init__(self, before, after, epoch): self.before, self.after, self.epoch_from = before, after, epoch
+    def after_batch(self):
+        if self.training: time.sleep(self.after if self.epoch >= self.epoch_from else self.before)
+
+
+def _bends_without_a_jump(lrs, at):
+    "Whether the lr at step `at` follows on from the steps before it as smoothly as the steps after it follow on from it."
+    step = lambda i: abs(lrs[i] - lrs[i - 1])
+    return step(at) <= 2 * max(step(at - 1), step(at + 1)) + 1e-12
+
+
+def _slowing_fit(monkeypatch):
+    "A fit planned at 0.05 s a step (the probe's word, no early re-plan) whose steps take 0.05 s in epoch 0, 0.15 s after."
+    from thera_fastai.train import budget, training
+    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 100)  # past the 12-step epoch: no early re-plan
+    real = training.measure_speed
+    monkeypatch.setattr(training, 'measure_speed', lambda learn: {**real(learn), 'step_s': 0.05})
+    return _SlowFrom(0.05, 0.15, 1)
+
+
+def test_a_budget_fit_whose_steps_slow_down_later_replans_at_an_epoch_end(data, tmp_path, monkeypatch):
+    rates, lines = _Rates(), []
+    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _slowing_fit(monkeypatch)], **{**SLOW_FIT, 'log': lines.append})
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan, lrs = info['steps'], [r[0] for r in rates.lrs]
+    later = [r for r in plan['epoch_replans'] if r['epoch'] >= 1]
+    assert 'replanned_at' not in plan and later and later[0]['step_seconds'] >= 0.15
+    assert later[0]['steps_to'] < 0.6 * later[0]['steps_from']  # a third of the pace: about a third of what was left
+    assert any(f"re-planned after epoch {later[0]['epoch']} at" in line for line in lines)
+    assert plan['planned_seconds'] <= 12 * 0.95 and info['fold_seconds'] < 12 * 1.5  # the first plan would have taken 2-3x
+    assert len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)  # the schedule ends there
+    assert all(_bends_without_a_jump(lrs, (r['epoch'] + 1) * 12) for r in plan['epoch_replans'])
+    history = (tmp_path/'run'/'fold0'/'history.csv').read_text().splitlines()[1:]
+    assert len(history) == plan['epochs'] == math.ceil(plan['steps'] / 12)
+    report = (tmp_path/'run'/'report.md').read_text()
+    assert f"budget 0.2 min: the fold took {info['fold_seconds'] / 60:.1f}, {plan['steps']} steps" in report
+    assert f"re-planned {len(plan['epoch_replans'])}x" in report
+
+
+def test_a_fit_replanned_at_an_epoch_end_resumes_on_its_bent_schedule(data, tmp_path, monkeypatch):
+    first = _Rates()
+
+    class _Stop(Callback):
+        order = 99
+        def after_epoch(self):
+            if self.epoch == 2: raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[first, _slowing_fit(monkeypatch), _Stop()], **SLOW_FIT)
+    monkeypatch.setattr('thera_fastai.train.training.measure_speed', None)  # a resumed fit does not probe again
+    rest = _Rates()
+    s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rest], **SLOW_FIT)
+    plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
+    lrs = [r[0] for r in first.lrs + rest.lrs]
+    assert s['folds'][0]['resumed_from_epoch'] == 3 and any(r['epoch'] == 1 for r in plan['epoch_replans'])
+    assert len(first.lrs) == 36 and len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
+    assert _bends_without_a_jump(lrs, 24) and _bends_without_a_jump(lrs, 36)  # the bend, and the resume after it
+
+
+def test_a_new_end_bends_the_schedules_at_the_step_they_are_at():
+    from thera_fastai.train.methods import Lookahead, StepSchedule, anchored
+    assert [anchored(s, 10) for s in (0, 5, 10, 12)] == [0.0, 0.5, 1.0, 1.0]
+    sched = StepSchedule({'lr': lambda pos: pos}, 101)
+    before = sched.position(40)
+    sched.retarget(61, at=40)
+    assert sched.position(40) == pytest.approx(before) and sched.position(60) == 1.0
+    assert sched.position(50) == pytest.approx(before + (1 - before) / 2)  # a straight line from the bend to the new end
+    again = StepSchedule({'lr': lambda pos: pos}, 7)
+    again.load_checkpoint_state(sched.checkpoint_state())
+    assert [again.position(s) for s in (40, 50, 60)] == [sched.position(s) for s in (40, 50, 60)]
+    look = Lookahead(100)
+    decay = look._decay(40)
+    look.retarget(60, at=40)
+    assert look._decay(40) == pytest.approx(decay) and look._decay(60) == pytest.approx(0.95 ** 5)
+    old = Lookahead(100)
+    old.load_checkpoint_state({'w': torch.ones(2)})  # the average alone, as 0.18.0 saved it
+    assert old.total == 100 and torch.equal(old.pending['w'], torch.ones(2))
+
+
 def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
     speed = dict(step_s=2.0, eval_img_s=0.01, aug_img_s=0.02, epoch_s=1.0)
     p = plan_steps(600, 30, speed, 100, 1000, 4)
@@ -142,6 +221,13 @@ def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
     assert (p['epochs'] - 1) * 100 < p['steps'] <= p['epochs'] * 100 and p['epochs'] >= 2
     assert eval_seconds(2, 4, 1000, 0.01, 0.02, 1.0) == pytest.approx(30 + 80 + 2)
     assert p['steps'] < plan_steps(1200, 30, speed, 100, 1000, 4)['steps']
+    # A re-plan after the first epoch: one more validation and the final passes are what is left to evaluate.
+    q = plan_steps(600, 300, speed, 100, 1000, 4, done_steps=100, done_epochs=1)
+    assert q['epochs'] == 2 and 100 < q['steps'] <= 200
+    assert q['planned_seconds'] == pytest.approx(300 + (q['steps'] - 100) * 2.0 + 1000 * (2 * 0.01 + 4 * 0.02) + 1.0)
+    assert q['planned_seconds'] <= 600 * 0.95
+    assert plan_steps(600, 470, speed, 100, 1000, 4, done_steps=100, done_epochs=1)['steps'] == 100  # room for the final passes only
+    with pytest.raises(TheraError): plan_steps(600, 500, speed, 100, 1000, 4, done_steps=100, done_epochs=1)
     with pytest.raises(TheraError, match=r'holds no training step.*its 4 TTA passes take 80 s of that \(--tta 0 drops them\)'):
         plan_steps(100, 5, speed, 100, 1000, 4)
     assert plan_steps(100, 5, speed, 100, 1000, 0)['steps'] > 0  # the advice holds: without TTA the same budget trains
@@ -230,6 +316,23 @@ def test_the_paired_interval_covers_a_known_difference_and_says_so():
     rows = np.arange(3000)
     same = paired_difference(weak[rows], weak[rows], big[rows], rows % 2, n_boot=100)
     assert same['diff'] == same['lo'] == same['hi'] == 0 and verdict(same) == 'within the noise'
+
+
+def test_the_blend_is_compared_with_the_first_run_and_with_the_best():
+    import pandas as pd
+    from thera_fastai.analysis.comparison import paired_markdown
+    from thera_fastai.analysis.paired import paired_differences
+    rng = np.random.default_rng(2)
+    labels = (rng.random(3000) > 0.2).astype(int)
+    joint = pd.DataFrame(dict(row=np.arange(3000), label=labels, fold=np.arange(3000) % 3,
+                              prob_weak=_scores(rng, labels, 0.8), prob_strong=_scores(rng, labels, 1.4)))
+    joint['prob_blend'] = joint[['prob_weak', 'prob_strong']].mean(axis=1)
+    paired = paired_differences(joint, ['weak', 'strong'], n_boot=50)
+    assert list(zip(paired['baseline'], paired['run'])) == [('weak', 'strong'), ('weak', 'blend'), ('strong', 'blend')]
+    hter = {n: cross_fitted_hter_of(joint[f'prob_{n}'].to_numpy(), labels, joint['fold'].to_numpy()) for n in ('weak', 'strong', 'blend')}
+    assert paired['diff'].tolist() == pytest.approx([hter['strong'] - hter['weak'], hter['blend'] - hter['weak'], hter['blend'] - hter['strong']])
+    assert '| blend minus strong |' in paired_markdown(paired) and '| blend |' in paired_markdown(paired)
+    assert list(paired_differences(joint.assign(prob_weak=joint['prob_strong'] * 0.9), ['strong', 'weak'], n_boot=5)['run']) == ['weak', 'blend']  # the first is the best
 
 
 def test_the_paired_point_estimate_is_the_reports_cross_fitted_hter():

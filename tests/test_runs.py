@@ -248,4 +248,21 @@ def test_the_last_validation_is_the_out_of_fold_plain_pass_even_after_a_resume(d
     assert handed[-1] is False  # Lookahead's last pull moves the weights after the last validation: predicted in full
 
 
+def test_a_budget_fit_that_a_re_plan_ends_at_an_epoch_end_reuses_that_epochs_validation(data, tmp_path, monkeypatch):
+    from thera_fastai.train import budget
+    real_plan = budget.plan_steps
+    def spent_after_the_first_epoch(*a, **k):
+        if (a[8] if len(a) > 8 else k.get('done_epochs', 0)) >= 1: raise TheraError('the budget is spent', param='budget')
+        return real_plan(*a, **k)
+    monkeypatch.setattr(budget, 'plan_steps', spent_after_the_first_epoch)  # the re-plan after epoch 0 ends the fit there
+    handed = _count_plain_reuse(monkeypatch)
+    fit = {k: v for k, v in FIT.items() if k != 'epochs'}
+    tf.fit(data, tmp_path/'run', fold=0, budget=600, **fit)
+    plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
+    assert plan['epochs'] == 1 and plan['steps'] == plan['steps_per_epoch'] and plan['epoch_replans'][0]['epoch'] == 0
+    assert handed == [True]  # epoch 0's validation, kept though it was not planned as the last, is the plain pass
+    oof = pd.read_csv(tmp_path/'run'/'fold0'/'oof.csv')
+    np.testing.assert_allclose(oof['prob_tta'].to_numpy(), _fresh_oof(tmp_path/'run', data, fit['tta']), atol=1e-6)
+
+
 real_write_oof = training.write_oof

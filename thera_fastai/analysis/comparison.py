@@ -103,12 +103,16 @@ def plot_comparison(frame, path, fold=None):
 
 
 def paired_markdown(paired):
-    "The paired differences as a Markdown section, each run against the baseline, with the interval in words."
+    """The paired differences as a Markdown section, each run against the baseline, then the blend against the baseline
+    and the best run, with the interval in words."""
+    base = paired['baseline'].iloc[0]
     lines = ["## Differences beyond noise", "",
-             f"HTER of each run minus {paired['baseline'].iloc[0]}'s on the {paired['n_rows'].iloc[0]:,} rows both scored, thresholds "
-             f"cross-fitted; 95% paired bootstrap interval over {paired['n_boot'].iloc[0]:,} resamples of the rows (within each label).", "",
+             f"HTER of each run minus {base}'s on the {paired['n_rows'].iloc[0]:,} rows both scored, thresholds "
+             f"cross-fitted; 95% paired bootstrap interval over {paired['n_boot'].iloc[0]:,} resamples of the rows (within each label). "
+             f"`blend`: the runs' mean probability, against {base} and against the best run.", "",
              "| run | HTER difference | 95% interval | standard error | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r.run} | {r.diff:+.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | {r.se:.4f} | {r.verdict} |" for r in paired.itertuples()]
+    lines += [f"| {r.run if r.baseline == base else f'{r.run} minus {r.baseline}'} | {r.diff:+.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | {r.se:.4f} | {r.verdict} |"
+              for r in paired.itertuples()]
     return '\n'.join(lines) + '\n'
 
 
@@ -118,7 +122,8 @@ def write_comparison(runs, out='.', target=None, data=None, n=_C['compare_n'], c
     every run gets wrong). `data`: the dataset for names and images (default: the first run's own). `fold`: compare
     that fold of every run alone, so that runs with different numbers of finished folds score the same rows. Runs
     below `config.CHANCE_AUC` are named in a warning and left out of the errors in common and the paired differences.
-    `n_boot`: resamples of the paired interval of each run's HTER difference from the first run's (paired.csv; 0: none).
+    `n_boot`: resamples of the paired interval of each run's HTER difference from the first run's, and of the blend's
+    from the first and the best run's (paired.csv; 0: none).
     Returns the table."""
     from ..data.cache import cached_images
     from ..data.source import open_dataset

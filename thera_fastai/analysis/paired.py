@@ -40,11 +40,17 @@ def verdict(d, a='a', b='b'):
 
 
 def paired_differences(joint, names, n_boot=N_BOOT, seed=0):
-    """Every run against the first (the baseline) on the shared out-of-fold rows of `joint` (`agreement.shared_oof`):
-    one row per run with the HTER difference, its 95% paired bootstrap interval and the verdict."""
+    """Every run against the first (the baseline) on the shared out-of-fold rows of `joint` (`agreement.shared_oof`),
+    then, where `joint` has the runs' blend (`prob_blend`, their mean probability), the blend against the first run and
+    against the best one: one row per pair with the HTER difference, its 95% paired bootstrap interval and the verdict."""
     labels, groups = joint['label'].to_numpy(), cross_fit_groups(joint)
-    base, rows = names[0], []
-    for n in names[1:]:
-        d = paired_difference(joint[f'prob_{base}'].to_numpy(), joint[f'prob_{n}'].to_numpy(), labels, groups, n_boot, seed)
-        rows.append(dict(run=n, baseline=base, **d, verdict=verdict(d, base, n)))
+    def probs(n): return joint[f'prob_{n}'].to_numpy()
+    pairs = [(names[0], n) for n in names[1:]]
+    if 'prob_blend' in joint:
+        best = min(names, key=lambda n: cross_fitted_hter_of(probs(n), labels, groups))
+        pairs += [(names[0], 'blend')] + ([(best, 'blend')] if best != names[0] else [])
+    rows = []
+    for a, b in pairs:
+        d = paired_difference(probs(a), probs(b), labels, groups, n_boot, seed)
+        rows.append(dict(run=b, baseline=a, **d, verdict=verdict(d, a, b)))
     return pd.DataFrame(rows)

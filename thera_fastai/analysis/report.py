@@ -80,6 +80,15 @@ def _how(f):
     return f"{rt.get('device', '?')} {rt.get('precision', '?')}"
 
 
+def _budget_note(f):
+    "How a budgeted fold used its budget: its minutes against the budget, its steps and epochs, how often it re-planned."
+    plan = f.get('steps') or {}
+    if not plan.get('budget') or f.get('fold_seconds') is None: return ''
+    replans = ('replanned_at' in plan) + len(plan.get('epoch_replans', []))
+    return (f", budget {plan['budget'] / 60:.1f} min: the fold took {f['fold_seconds'] / 60:.1f}, {plan['steps']} steps "
+            f"({f['epochs_run']:.2f} epochs), re-planned {replans}x")
+
+
 def markdown_report(summary):
     "The summary as a Markdown page: per-fold and pooled out-of-fold metrics, threshold, time, how each fold ran, config."
     head = "| | " + ' | '.join(c.upper() if c != 'balanced_acc' else 'BA' for c in _COLS) + " | note |"
@@ -91,7 +100,7 @@ def markdown_report(summary):
              head, "|" + "---|" * (len(_COLS) + 2)]
     for k, f in sorted(summary['folds'].items(), key=lambda kv: int(kv[0])):
         pseudo = f", {f['pseudo']['kept']} pseudo-labelled images" if f.get('pseudo') else ''
-        lines.append(_row(f"fold {k}", f['at_05'], f"fit {f['fit_seconds'] / 60:.1f} min ({_how(f)}), own threshold {f['threshold']:.3f}{pseudo}"))
+        lines.append(_row(f"fold {k}", f['at_05'], f"fit {f['fit_seconds'] / 60:.1f} min ({_how(f)}){_budget_note(f)}, own threshold {f['threshold']:.3f}{pseudo}"))
     if 'pooled' in summary:
         p, pp = summary['pooled'], summary['pooled_plain']
         lines += [_row('pooled', p['at_05']), _row('pooled, plain', pp['at_05']),

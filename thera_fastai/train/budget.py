@@ -14,9 +14,10 @@ __all__ = ['SpeedProbe', 'measure_speed', 'plan_steps', 'eval_seconds', 'Replan'
 
 PROBE_STEPS = 4  # timed steps after one untimed warm-up step (allocations, oneDNN kernel choice)
 MARGIN = 0.05  # share of the budget kept back for what the estimate misses (saving, a slower epoch)
-# The fit re-plans once on its own steps, at this share of the planned ones (at least REPLAN_MIN_STEPS, within the
+# The fit re-plans early on its own steps, at this share of the planned ones (at least REPLAN_MIN_STEPS, within the
 # first epoch): the probe's few steps on a throwaway copy can catch a busy or an idle moment of a shared machine.
 REPLAN_AT, REPLAN_MIN_STEPS = 0.03, 12
+REPLAN_TOLERANCE = 0.01  # at an epoch's end the fit re-plans again where the budget then holds steps this share off its plan
 EPOCH_CAP = 4  # a re-plan may grow the fit to this many times the probe's epochs (the fit runs under this cap)
 
 
@@ -102,16 +103,16 @@ def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0, reu
     return n_valid * (plain_passes * eval_img_s + tta * aug_img_s) + n_epochs * epoch_s
 
 
-def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False, done_steps=0):
+def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False, done_steps=0, done_epochs=0):
     """The most training steps whose cost, with the validation of every epoch and the final out-of-fold predictions,
     fits what is left of `budget_s` after `spent_s` at `speed` (`measure_speed`'s dict); a dict with the steps, the
-    epochs they span and the estimate. `reuse_last`: as `eval_seconds`'s. `done_steps`: steps already trained within
-    `spent_s` (a re-plan), counted in the steps returned. A budget that holds no step is one `TheraError` saying what
-    things cost."""
+    epochs they span and the estimate. `reuse_last`: as `eval_seconds`'s. `done_steps`, `done_epochs`: steps trained
+    and epochs validated within `spent_s` (a re-plan), counted in what is returned. A budget that holds no step is one
+    `TheraError` saying what things cost."""
     left, step_s = budget_s * (1 - MARGIN) - spent_s, speed['step_s']
-    def cost(n): return eval_seconds(n, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'], reuse_last)
+    def cost(n): return eval_seconds(n - done_epochs, tta, n_valid, speed['eval_img_s'], speed['aug_img_s'], speed['epoch_s'], reuse_last)
     best = None
-    for n in range(1, 100_000):
+    for n in range(max(done_epochs, 1), 100_000):
         eval_s = cost(n)
         steps = done_steps + int((left - eval_s) / step_s)
         if steps <= max((n - 1) * n_iter, done_steps - 1): break  # one more epoch's evaluation leaves no room for its steps
@@ -120,7 +121,7 @@ def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False,
         tta_s = n_valid * tta * speed['aug_img_s']
         hint = f"; its {tta} TTA passes take {tta_s:.0f} s of that (--tta 0 drops them)" if tta else ''
         raise TheraError(f"{budget_s:g} s holds no training step: a step takes {step_s:.2f} s and evaluating the "
-                         f"{n_valid} held-out rows {cost(1):.0f} s here{hint}; give a longer budget or more threads", param='budget')
+                         f"{n_valid} held-out rows {cost(max(done_epochs, 1)):.0f} s here{hint}; give a longer budget or more threads", param='budget')
     return dict(best, budget=budget_s, step_seconds=step_s, eval_image_seconds=speed['eval_img_s'], tta_image_seconds=speed['aug_img_s'],
                 epoch_seconds=speed['epoch_s'], steps_per_epoch=n_iter,
                 planned_seconds=spent_s + (best['steps'] - done_steps) * step_s + best['eval_seconds'])
@@ -139,31 +140,71 @@ def epoch_cap(plan):
 
 
 class Replan(Callback):
-    """Re-plans a budgeted fit once, after `replan_step(plan)` of its own steps: their mean time replaces the probe's
-    step time, the probe's evaluation times are scaled by the same ratio (the machine's load moves both), and `plan`
-    (the dict the checkpoints save) and every callback with a `retarget(total_steps)` take the new number of steps.
-    It runs inside the first epoch, so a resumed fit reads the re-planned steps from its checkpoint."""
-    order = 98
+    """Re-plans a budgeted fit on its own pace, with `plan` (the dict the checkpoints save) and every callback with a
+    `retarget(total_steps, at)` taking the new number of steps from the step they are at:
+
+    - once early, after `replan_step(plan)` of its steps: their mean time replaces the probe's step time, and the
+      probe's evaluation times are scaled by the same ratio (the machine's load moves both);
+    - at the end of every epoch but the last, from that epoch's training steps and validation, where the steps the
+      budget holds then differ from the plan's by more than `REPLAN_TOLERANCE`: a pace that changes later in the fit
+      (the machine's load, the memory a longer fit touches) moves its end instead of overrunning the budget.
+
+    Each runs before the epoch's checkpoint is written, so a resumed fit reads the re-planned steps from it."""
+    order = 69  # before EpochCheckpoint's after_epoch
     def __init__(self, plan, budget_s, t0, n_valid, tta, reuse_last=False, log=print):
         self.plan, self.budget_s, self.t0, self.n_valid, self.tta, self.reuse_last, self.log = plan, budget_s, t0, n_valid, tta, reuse_last, log
         self.at, self.t1 = replan_step(plan), None
 
+    def before_train(self): self.epoch_t0, self.epoch_steps = time.perf_counter(), 0
+    def after_train(self): self.train_s = time.perf_counter() - self.epoch_t0
+    def before_validate(self): self.valid_t0 = time.perf_counter()
+    def after_validate(self): self.valid_s = time.perf_counter() - self.valid_t0
+
     def after_batch(self):
-        if not self.training or self.at is None: return
+        if not self.training: return
+        self.epoch_steps += 1
+        if self.at is None: return
         done = fit_step(self.learn) + 1
         if done == 1: self.t1 = time.perf_counter()  # the first step pays for the fit's own warm-up: not timed
-        elif done == self.at and self.t1 is not None: self._replan(done, (time.perf_counter() - self.t1) / (done - 1))
+        elif done == self.at and self.t1 is not None: self._early(done, (time.perf_counter() - self.t1) / (done - 1))
 
-    def _replan(self, done, step_s):
+    def _early(self, done, step_s):
         p, ratio = self.plan, step_s / self.plan['step_seconds']
         speed = dict(step_s=step_s, eval_img_s=p['eval_image_seconds'] * ratio, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'] * ratio)
-        try: new = plan_steps(self.budget_s, time.time() - self.t0, speed, p['steps_per_epoch'], self.n_valid, self.tta, self.reuse_last, done)
-        except TheraError: new = dict(steps=done, epochs=1)  # the budget is spent already: stop here
-        cap = epoch_cap(p)  # of the probe's plan: what `learn.fit` was given
+        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done)
+        old, new = self._apply(speed, done, 0)
+        self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['probe_step_seconds']:.2f} s): {old} -> {new} steps")
+        self.at = None
+
+    def after_epoch(self):
+        p = self.plan
+        done = (self.epoch + 1) * p['steps_per_epoch']  # learn.n_iter is the validation's here
+        if done >= p['steps'] or not self.epoch_steps or not hasattr(self, 'valid_s'): return  # the fit ends here, or nothing timed
+        step_s = self.train_s / self.epoch_steps
+        eval_s = self.valid_s / self.n_valid if self.n_valid else p['eval_image_seconds']
+        ratio = eval_s / p['eval_image_seconds'] if p['eval_image_seconds'] else 1.0
+        speed = dict(step_s=step_s, eval_img_s=eval_s, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'])
+        new = self._steps(speed, done, self.epoch + 1)
+        if abs(new['steps'] - p['steps']) <= REPLAN_TOLERANCE * p['steps']: return
+        old, steps = self._apply(speed, done, self.epoch + 1, new)
+        p.setdefault('epoch_replans', []).append(dict(epoch=self.epoch, step_seconds=round(step_s, 4), steps_from=old, steps_to=steps))
+        self.log(f"re-planned after epoch {self.epoch} at {step_s:.2f} s a step: {old} -> {steps} steps")
+
+    def _steps(self, speed, done, done_epochs):
+        "The steps the budget holds from here at `speed`, under the cap of epochs the fit was started with."
+        p = self.plan
+        try: new = plan_steps(self.budget_s, time.time() - self.t0, speed, p['steps_per_epoch'], self.n_valid, self.tta, self.reuse_last, done, done_epochs)
+        except TheraError: new = dict(steps=done, epochs=max(done_epochs, 1))  # the budget is spent already: stop here
+        cap = epoch_cap(p)
         if new['steps'] > cap * p['steps_per_epoch']: new.update(steps=cap * p['steps_per_epoch'], epochs=cap)
-        self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['step_seconds']:.2f} s): {p['steps']} -> {new['steps']} steps")
-        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done, step_seconds=step_s, epoch_cap=cap)
+        return new
+
+    def _apply(self, speed, done, done_epochs, new=None):
+        "Puts the new plan into `plan` and the fit's callbacks, bending their schedules at step `done`; (old, new) steps."
+        p, old = self.plan, self.plan['steps']
+        new = new or self._steps(speed, done, done_epochs)
+        p.update(epoch_cap=epoch_cap(p), step_seconds=speed['step_s'])
         p.update({k: v for k, v in new.items() if k != 'budget'})
         for cb in self.learn.cbs:
-            if callable(getattr(cb, 'retarget', None)): cb.retarget(new['steps'])
-        self.at = None
+            if callable(getattr(cb, 'retarget', None)): cb.retarget(new['steps'], at=done)
+        return old, new['steps']

@@ -141,12 +141,16 @@ class LastValidation(Callback):
     """Keeps the last epoch's validation output per row (the loss's activation applied, as `get_preds` gives it) with a
     hash of the weights it ran on, so that the fold's out-of-fold prediction reuses it as its plain pass when the fit
     ended on those weights (`preds_for`) instead of running the same pass again: with TTA only the augmented passes run.
-    It rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too. Earlier epochs' passes are
-    not kept. Its order puts it inside the weight EMA's swap: it hashes the weights validation saw."""
+    It rides in the last epoch's checkpoint, so a fold resumed after that epoch reuses it too. A fit of fixed epochs keeps
+    the last epoch's pass only; a budgeted fit keeps every epoch's, each replacing the one before, since a re-plan at an
+    epoch's end can make that epoch the last. Its order puts it inside the weight EMA's swap: it hashes the weights
+    validation saw."""
     order = 64
     def __init__(self, plan=None): self.plan, self.preds, self.key, self.batches = plan, None, None, None  # plan: its 'epochs' are the fit's
 
-    def before_validate(self): self.batches = [] if self.epoch == (self.plan['epochs'] if self.plan else self.n_epoch) - 1 else None
+    def before_validate(self):
+        last = self.epoch == (self.plan['epochs'] if self.plan else self.n_epoch) - 1
+        self.batches = [] if last or (self.plan or {}).get('budget') else None
     def after_batch(self):
         if not self.training and self.batches is not None: self.batches.append(self.learn.pred.detach())
 

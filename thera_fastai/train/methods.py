@@ -12,7 +12,7 @@ from fastai.optimizer import OptimWrapper
 from ..compat import keep_cancelled_train_metrics
 from ..models import first_conv
 
-__all__ = ['fit_step', 'StepSchedule', 'StopAtStep', 'Lookahead', 'WhitenBiasFreeze', 'AlternatingFlip', 'airbench_splitter',
+__all__ = ['fit_step', 'anchored', 'StepSchedule', 'StopAtStep', 'Lookahead', 'WhitenBiasFreeze', 'AlternatingFlip', 'airbench_splitter',
            'newton_schulz', 'MuonSGD', 'airbench_opt', 'airbench_rates', 'method_callbacks', 'one_cycle_scheds', 'airbench_lr_curve']
 
 
@@ -21,13 +21,26 @@ def fit_step(learn):
     return learn.epoch * learn.n_iter + learn.iter
 
 
+def anchored(step, end, anchor=(0, 0.0)):
+    """Where `step` is on a schedule that reaches position 1 at step `end`: the straight line from `anchor`, the (step,
+    position) pair at which the schedule was last given a new end, so a new end bends the schedule without a jump."""
+    s0, p0 = anchor
+    return min(max(p0 + (1 - p0) * (step - s0) / max(end - s0, 1), 0.0), 1.0)
+
+
 class StepSchedule(ParamScheduler):
     """fastai's `ParamScheduler` driven by the step count over `total_steps` instead of the epoch fraction, so a fit
-    whose last epoch is cut short (a time budget) still runs its schedule to the end at its last step."""
-    def __init__(self, scheds, total_steps): super().__init__(scheds); self.total = total_steps
-    def retarget(self, total_steps): self.total = total_steps
+    whose last epoch is cut short (a time budget) still runs its schedule to the end at its last step. `retarget` moves
+    that end mid-fit (a re-planned budget); the new end and the point it bends at ride in the epoch checkpoints."""
+    def __init__(self, scheds, total_steps): super().__init__(scheds); self.total, self.anchor = total_steps, (0, 0.0)
+    def position(self, step): return anchored(step, self.total - 1, self.anchor)
+    def retarget(self, total_steps, at=0):
+        "Ends the schedule at `total_steps`, continuing from the position it has at step `at` (the next step to run)."
+        self.anchor, self.total = (at, self.position(at)), total_steps
     def before_batch(self):
-        if self.training: self._update_val(min(fit_step(self.learn) / max(self.total - 1, 1), 1.0))
+        if self.training: self._update_val(self.position(fit_step(self.learn)))
+    def checkpoint_state(self): return dict(total=self.total, anchor=list(self.anchor))
+    def load_checkpoint_state(self, state): self.total, self.anchor = state['total'], tuple(state['anchor'])
 
 
 class StopAtStep(Callback):
@@ -36,7 +49,7 @@ class StopAtStep(Callback):
     ends before an epoch that would start past it (a re-planned fit runs under a cap of epochs, not its plan's)."""
     order = 55  # after the Recorder's own reaction to the cancel, which it undoes
     def __init__(self, total_steps): self.total = total_steps
-    def retarget(self, total_steps): self.total = total_steps
+    def retarget(self, total_steps, at=0): self.total = total_steps
     def before_epoch(self):
         if self.epoch * len(self.dls.train) >= self.total: raise CancelFitException()
     def before_batch(self):
@@ -50,17 +63,18 @@ def _float_state(model): return {k: v for k, v in model.state_dict().items() if 
 class Lookahead(Callback):
     """airbench's Lookahead: every `every` steps the weights (and BatchNorm statistics) move to an average that
     follows them with decay `0.95^5 (step/total)^3`, so early steps are nearly forgotten and late ones smoothed; the
-    fit ends on the average. Its state rides in the epoch checkpoints (`checkpoint_state` / `load_checkpoint_state`)."""
+    fit ends on the average. A new total (`retarget`) bends `step/total` from where it is, as `StepSchedule` does. Its
+    average, total and bend ride in the epoch checkpoints (`checkpoint_state` / `load_checkpoint_state`)."""
     order = 64
     moves_weights_after_validation = True  # its final pull in `after_fit` comes after the last validation
-    def __init__(self, total_steps, every=5): self.total, self.every, self.avg, self.pending = total_steps, every, None, None
+    def __init__(self, total_steps, every=5): self.total, self.every, self.avg, self.pending, self.anchor = total_steps, every, None, None, (0, 0.0)
 
     def before_fit(self):
         self.avg = {k: v.detach().clone() for k, v in _float_state(self.learn.model).items()}
         if self.pending is not None: self._load(self.pending); self.pending = None
 
-    def retarget(self, total_steps): self.total = total_steps
-    def _decay(self, step): return 0.95 ** 5 * (step / self.total) ** 3
+    def retarget(self, total_steps, at=0): self.anchor, self.total = (at, anchored(at, self.total, self.anchor)), total_steps
+    def _decay(self, step): return 0.95 ** 5 * anchored(step, self.total, self.anchor) ** 3
 
     def after_step(self):
         step = fit_step(self.learn) + 1
@@ -76,19 +90,21 @@ class Lookahead(Callback):
         "Ends on the average, which first takes in the steps since the last pull (airbench drops them; a short fit would lose all)."
         if self.total % self.every: self._pull(self._decay(self.total))
         self._pull(1.0)
-    def checkpoint_state(self): return {k: v.detach().cpu().clone() for k, v in self.avg.items()}
+    def checkpoint_state(self): return dict(avg={k: v.detach().cpu().clone() for k, v in self.avg.items()}, total=self.total, anchor=list(self.anchor))
     def load_checkpoint_state(self, state):
-        if self.avg is None: self.pending = state
-        else: self._load(state)
-    def _load(self, state):
-        for k, v in state.items(): self.avg[k].copy_(v)
+        if 'avg' not in state: state = dict(avg=state)  # 0.18.0 and before saved the average alone, and never bent
+        if 'total' in state: self.total, self.anchor = state['total'], tuple(state['anchor'])
+        if self.avg is None: self.pending = state['avg']
+        else: self._load(state['avg'])
+    def _load(self, avg):
+        for k, v in avg.items(): self.avg[k].copy_(v)
 
 
 class WhitenBiasFreeze(Callback):
     "Trains the whitening layer's bias for the first `share` of the `total_steps` only (its weights never train), as airbench does."
     order = -4
     def __init__(self, share, total_steps): self.share = share; self.retarget(total_steps)
-    def retarget(self, total_steps): self.steps = round(self.share * total_steps)
+    def retarget(self, total_steps, at=0): self.steps = round(self.share * total_steps)
     def before_batch(self):
         if not self.training: return
         bias = first_conv(self.learn.model).bias

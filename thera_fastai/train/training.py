@@ -14,7 +14,7 @@ from ..data.loaders import image_stats
 from .distributed import alone, barrier, data_parallel, is_main, rank, world_size
 from ..files import file_hash, short_hash, write_json
 from ..infer.inference import predict_probs
-from .budget import Replan, epoch_cap, measure_speed, plan_steps, replan_step
+from .budget import Replan, epoch_cap, measure_speed, plan_steps
 from .levers import lever_callbacks, teacher_probs
 from .pseudo import with_pseudo_labels
 from .methods import method_callbacks, moves_weights_after_validation
@@ -101,7 +101,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     last_valid = LastValidation(plan)
     cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan), last_valid,
            *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(fit_images))]
-    replanning = bool(cfg.budget) and start == 0 and world_size() == 1 and replan_step(plan) is not None  # ranks would re-plan apart
+    replanning = bool(cfg.budget) and start == 0 and world_size() == 1  # ranks would re-plan apart; a resumed fit keeps its checkpoint's plan
     if replanning: cbs.append(Replan(plan, cfg.budget, t0, len(valid_idx), cfg.tta, ends_on_validated_weights(cfg), lambda m: log(f"fold {fold}: {m}")))
     resume_callbacks(cbs, rng)
     cbs += extra
