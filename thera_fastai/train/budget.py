@@ -155,7 +155,7 @@ class Replan(Callback):
         self.plan, self.budget_s, self.t0, self.n_valid, self.tta, self.reuse_last, self.log = plan, budget_s, t0, n_valid, tta, reuse_last, log
         self.at, self.t1 = replan_step(plan), None
 
-    def before_train(self): self.epoch_t0, self.epoch_steps = time.perf_counter(), 0
+    def before_train(self): self.epoch_t0, self.epoch_steps, self.valid_s = time.perf_counter(), 0, None
     def after_train(self): self.train_s = time.perf_counter() - self.epoch_t0
     def before_validate(self): self.valid_t0 = time.perf_counter()
     def after_validate(self): self.valid_s = time.perf_counter() - self.valid_t0
@@ -172,21 +172,21 @@ class Replan(Callback):
         p, ratio = self.plan, step_s / self.plan['step_seconds']
         speed = dict(step_s=step_s, eval_img_s=p['eval_image_seconds'] * ratio, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'] * ratio)
         p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done)
-        old, new = self._apply(speed, done, 0)
-        self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['probe_step_seconds']:.2f} s): {old} -> {new} steps")
+        old, steps = self._apply(self._steps(speed, done, 0), done, step_s)
+        self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['probe_step_seconds']:.2f} s): {old} -> {steps} steps")
         self.at = None
 
     def after_epoch(self):
         p = self.plan
         done = (self.epoch + 1) * p['steps_per_epoch']  # learn.n_iter is the validation's here
-        if done >= p['steps'] or not self.epoch_steps or not hasattr(self, 'valid_s'): return  # the fit ends here, or nothing timed
+        if done >= p['steps'] or not self.epoch_steps or self.valid_s is None: return  # the fit ends here, or nothing timed
         step_s = self.train_s / self.epoch_steps
         eval_s = self.valid_s / self.n_valid if self.n_valid else p['eval_image_seconds']
         ratio = eval_s / p['eval_image_seconds'] if p['eval_image_seconds'] else 1.0
         speed = dict(step_s=step_s, eval_img_s=eval_s, aug_img_s=p['tta_image_seconds'] * ratio, epoch_s=p['epoch_seconds'])
         new = self._steps(speed, done, self.epoch + 1)
         if abs(new['steps'] - p['steps']) <= REPLAN_TOLERANCE * p['steps']: return
-        old, steps = self._apply(speed, done, self.epoch + 1, new)
+        old, steps = self._apply(new, done, step_s)
         p.setdefault('epoch_replans', []).append(dict(epoch=self.epoch, step_seconds=round(step_s, 4), steps_from=old, steps_to=steps))
         self.log(f"re-planned after epoch {self.epoch} at {step_s:.2f} s a step: {old} -> {steps} steps")
 
@@ -199,11 +199,10 @@ class Replan(Callback):
         if new['steps'] > cap * p['steps_per_epoch']: new.update(steps=cap * p['steps_per_epoch'], epochs=cap)
         return new
 
-    def _apply(self, speed, done, done_epochs, new=None):
-        "Puts the new plan into `plan` and the fit's callbacks, bending their schedules at step `done`; (old, new) steps."
+    def _apply(self, new, done, step_s):
+        "Puts the `new` plan into `plan` and the fit's callbacks, bending their schedules at step `done`; (old, new) steps."
         p, old = self.plan, self.plan['steps']
-        new = new or self._steps(speed, done, done_epochs)
-        p.update(epoch_cap=epoch_cap(p), step_seconds=speed['step_s'])
+        p.update(epoch_cap=epoch_cap(p), step_seconds=step_s)
         p.update({k: v for k, v in new.items() if k != 'budget'})
         for cb in self.learn.cbs:
             if callable(getattr(cb, 'retarget', None)): cb.retarget(new['steps'], at=done)
