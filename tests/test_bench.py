@@ -53,12 +53,15 @@ def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path
         (tmp_path/run/f'fold{k}'/'fold.json').write_text(json.dumps(info))
     fold('old', 0, 1800.0, probe_steps=1000, probe_step_seconds=0.36, replanned_at=30)
     fold('new', 0, 1800.0, probe_steps=1000, probe_step_seconds=0.36, replanned_at=30,
-         epoch_replans=[dict(epoch=0, step_seconds=0.41, steps_from=950, steps_to=920), dict(epoch=1, step_seconds=0.43, steps_from=920, steps_to=900)])
+         replans=[dict(step=200, epoch=0, when='window', step_seconds=0.41, steps_from=950, steps_to=920),
+                  dict(step=625, epoch=1, when='epoch end', step_seconds=0.43, steps_from=920, steps_to=900)])
+    fold('v019', 0, 1800.0, probe_steps=1000, probe_step_seconds=0.36, replanned_at=30,
+         epoch_replans=[dict(epoch=0, step_seconds=0.42, steps_from=950, steps_to=900)])  # 0.19.0 listed epoch ends only
     fold('epochs', 0, None)
-    table = budget_adherence.adherence_table([tmp_path/'old', tmp_path/'new', tmp_path/'epochs'])
-    assert list(table['run']) == ['old', 'new']  # a fit of fixed epochs has no budget to keep
-    assert table['over_min'].tolist() == [1.5, 1.5] and table['epoch_replans'].tolist() == [0, 2]
-    assert table['last_step_s'].tolist() == [0.4, 0.43] and table['probe_step_s'].tolist() == [0.36, 0.36]
+    table = budget_adherence.adherence_table([tmp_path/'old', tmp_path/'new', tmp_path/'v019', tmp_path/'epochs'])
+    assert list(table['run']) == ['old', 'new', 'v019']  # a fit of fixed epochs has no budget to keep
+    assert table['over_min'].tolist() == [1.5, 1.5, 1.5] and table['later_replans'].tolist() == [0, 2, 1]
+    assert table['last_step_s'].tolist() == [0.4, 0.43, 0.42] and table['probe_step_s'].tolist() == [0.36] * 3
     table.to_csv(tmp_path/'a.csv', index=False)
     lines = budget_adherence.adherence_markdown(budget_adherence.pd.read_csv(tmp_path/'a.csv')).splitlines()
     assert lines[3] == '| new | 0 | 9.9 | 30 | 28.5 | 31.5 | +1.5 | 900 (1,000) | yes, 2 | 0.360, 0.430 |'

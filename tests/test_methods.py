@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import thera_fastai as tf
 from conftest import synthetic_images, write_dataset
 from thera_fastai.train.budget import eval_seconds, plan_steps
+from thera_fastai.train.methods import fit_step
 from thera_fastai.cli import parse_duration, parse_hyp
 from thera_fastai.config import AIRBENCH, FitConfig
 from thera_fastai.errors import TheraError
@@ -150,29 +151,72 @@ def _bends_without_a_jump(lrs, at):
 def _slowing_fit(monkeypatch):
     "A fit planned at 0.05 s a step (the probe's word, no early re-plan) whose steps take 0.05 s in epoch 0, 0.15 s after."
     from thera_fastai.train import budget, training
-    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 100)  # past the 12-step epoch: no early re-plan
+    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 100)  # past the 12-step epoch: no early re-plan, no window of steps
     real = training.measure_speed
     monkeypatch.setattr(training, 'measure_speed', lambda learn: {**real(learn), 'step_s': 0.05})
     return _SlowFrom(0.05, 0.15, 1)
 
 
-def test_a_budget_fit_whose_steps_slow_down_later_replans_at_an_epoch_end(data, tmp_path, monkeypatch):
+def test_a_budget_fit_whose_steps_slow_down_for_good_replans_at_epoch_ends_and_keeps_its_budget(data, tmp_path, monkeypatch):
     rates, lines = _Rates(), []
     tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _slowing_fit(monkeypatch)], **{**SLOW_FIT, 'log': lines.append})
     info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
     plan, lrs = info['steps'], [r[0] for r in rates.lrs]
-    later = [r for r in plan['epoch_replans'] if r['epoch'] >= 1]
-    assert 'replanned_at' not in plan and later and later[0]['step_seconds'] >= 0.15
-    assert later[0]['steps_to'] < 0.6 * later[0]['steps_from']  # a third of the pace: about a third of what was left
-    assert any(f"re-planned after epoch {later[0]['epoch']} at" in line for line in lines)
+    later = [r for r in plan['replans'] if r['epoch'] >= 1]
+    assert 'replanned_at' not in plan and later and later[0]['step_seconds'] >= 0.15 and {r['when'] for r in plan['replans']} == {'epoch end'}
+    # a load: planned at the pace before it, with an expected cost that grows as long as it lasts
+    assert all(r['plan_step_seconds'] < 0.1 for r in later) and later[0]['steps_to'] < later[0]['steps_from']
+    assert 0 < later[0]['load_seconds'] < later[-1]['load_seconds'] and plan['steps'] < later[0]['steps_to']
+    assert any(f"re-planned after step {later[0]['step']} (epoch end of epoch {later[0]['epoch']}) at" in line and 'a load' in line for line in lines)
     assert plan['planned_seconds'] <= 12 * 0.95 and info['fold_seconds'] < 12 * 1.5  # the first plan would have taken 2-3x
     assert len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)  # the schedule ends there
-    assert all(_bends_without_a_jump(lrs, (r['epoch'] + 1) * 12) for r in plan['epoch_replans'])
+    assert all(r['step'] == (r['epoch'] + 1) * 12 and _bends_without_a_jump(lrs, r['step']) for r in plan['replans'])
     history = (tmp_path/'run'/'fold0'/'history.csv').read_text().splitlines()[1:]
     assert len(history) == plan['epochs'] == math.ceil(plan['steps'] / 12)
     report = (tmp_path/'run'/'report.md').read_text()
     assert f"budget 0.2 min: the fold took {info['fold_seconds'] / 60:.1f}, {plan['steps']} steps" in report
-    assert f"re-planned {len(plan['epoch_replans'])}x" in report
+    assert f"re-planned {len(plan['replans'])}x" in report
+
+
+class _SlowSteps(Callback):
+    "Makes every training step take `base` seconds more, and `slow` seconds more from step `start` to before `end`."
+    def __init__(self, base, slow, start, end): self.base, self.slow, self.start, self.end = base, slow, start, end
+    def after_batch(self):
+        if self.training: time.sleep(self.slow if self.start <= fit_step(self.learn) < self.end else self.base)
+
+
+def test_a_load_that_comes_and_goes_within_epochs_moves_the_end_while_it_lasts(data, tmp_path, monkeypatch):
+    from thera_fastai.train import budget, training
+    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 4)  # windows of 0.6 s: 15 steps at the base pace, 4-5 at the slow one
+    real = training.measure_speed
+    monkeypatch.setattr(training, 'measure_speed', lambda learn: {**real(learn), 'step_s': 0.04})
+    rates = _Rates()
+    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _SlowSteps(0.03, 0.12, 40, 70)], **SLOW_FIT)
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan, lrs = info['steps'], [r[0] for r in rates.lrs]
+    windows = [r for r in plan['replans'] if r['when'] == 'window']
+    cut = [r for r in windows if 40 < r['step'] <= 75 and r['step'] % 12 and r['steps_to'] < 0.9 * r['steps_from']]
+    grown = [r for r in plan['replans'] if r['step'] > 75 and r['steps_to'] > r['steps_from']]
+    assert cut and grown  # cut within an epoch while the steps were slow, grown again once they were not
+    assert plan['steps'] > min(r['steps_to'] for r in plan['replans'] if r['step'] <= 75)  # the load's pace was not taken as lasting
+    assert plan['planned_seconds'] <= 12 * 0.95 and info['fold_seconds'] < 12 * 1.5
+    assert len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
+    assert all(_bends_without_a_jump(lrs, r['step']) for r in windows if r['step'] + 1 < len(lrs))
+
+
+def test_the_pace_outlook_follows_a_drift_and_expects_a_load_to_last_as_long_again_as_it_has():
+    from thera_fastai.train.budget import pace_outlook
+    steady = [(30.0 * i, pace) for i, pace in enumerate([0.24, 0.25, 0.24, 0.30, 0.26, 0.25])]
+    assert pace_outlook(steady, 180, 300) == (0.25, 0.0)  # the median of the latest five: a slow window does not move it
+    drift = [(30.0 * i, 0.24 * 1.02 ** i) for i in range(8)]
+    assert pace_outlook(drift, 240, 300) == (drift[5][1], 0.0)  # 2% a window: followed, not taken for a load
+    loaded = steady + [(180.0, 0.72)]
+    base, loss = pace_outlook(loaded, 210, 300)  # on for 30 s, at a third of the pace
+    assert base == 0.25 and loss == pytest.approx(30 * (1 - 0.25 / 0.72))
+    base, loss = pace_outlook(loaded + [(210.0, 0.70), (240.0, 0.75)], 270, 60)  # on for 90 s, 60 s left
+    assert base == 0.25 and loss == pytest.approx(60 * (1 - 0.25 / 0.75))  # taken as lasting: all 60 s at 0.75 s a step
+    assert pace_outlook(loaded + [(210.0, 0.24)], 240, 300) == (0.25, 0.0)  # passed: the machine's pace again
+    assert pace_outlook([(0.0, 0.72)], 30, 300) == (0.72, 0.0)  # one window: nothing to compare it with
 
 
 def test_a_fit_replanned_at_an_epoch_end_resumes_on_its_bent_schedule(data, tmp_path, monkeypatch):
@@ -188,7 +232,7 @@ def test_a_fit_replanned_at_an_epoch_end_resumes_on_its_bent_schedule(data, tmp_
     s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rest], **SLOW_FIT)
     plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
     lrs = [r[0] for r in first.lrs + rest.lrs]
-    assert s['folds'][0]['resumed_from_epoch'] == 3 and any(r['epoch'] == 1 for r in plan['epoch_replans'])
+    assert s['folds'][0]['resumed_from_epoch'] == 3 and any(r['epoch'] == 1 for r in plan['replans'])
     assert len(first.lrs) == 36 and len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
     assert _bends_without_a_jump(lrs, 24) and _bends_without_a_jump(lrs, 36)  # the bend, and the resume after it
 
@@ -228,6 +272,11 @@ def test_the_plan_fits_steps_and_evaluation_into_what_is_left():
     assert q['planned_seconds'] <= 600 * 0.95
     assert plan_steps(600, 470, speed, 100, 1000, 4, done_steps=100, done_epochs=1)['steps'] == 100  # room for the final passes only
     with pytest.raises(TheraError): plan_steps(600, 500, speed, 100, 1000, 4, done_steps=100, done_epochs=1)
+    # Within the second epoch (a window of steps): that epoch's validation is still to pay, and no plan ends before it.
+    m = plan_steps(600, 400, speed, 100, 1000, 4, done_steps=150, done_epochs=1)
+    assert m['epochs'] == 2 and 150 < m['steps'] <= 200 and m['eval_seconds'] == pytest.approx(q['eval_seconds'])
+    assert m['planned_seconds'] == pytest.approx(400 + (m['steps'] - 150) * 2.0 + m['eval_seconds']) and m['planned_seconds'] <= 600 * 0.95
+    with pytest.raises(TheraError): plan_steps(600, 475, speed, 100, 1000, 4, done_steps=120, done_epochs=1)  # not a plan ending at step 100
     with pytest.raises(TheraError, match=r'holds no training step.*its 4 TTA passes take 80 s of that \(--tta 0 drops them\)'):
         plan_steps(100, 5, speed, 100, 1000, 4)
     assert plan_steps(100, 5, speed, 100, 1000, 0)['steps'] > 0  # the advice holds: without TTA the same budget trains

@@ -259,7 +259,7 @@ def test_a_budget_fit_that_a_re_plan_ends_at_an_epoch_end_reuses_that_epochs_val
     fit = {k: v for k, v in FIT.items() if k != 'epochs'}
     tf.fit(data, tmp_path/'run', fold=0, budget=600, **fit)
     plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
-    assert plan['epochs'] == 1 and plan['steps'] == plan['steps_per_epoch'] and plan['epoch_replans'][0]['epoch'] == 0
+    assert plan['epochs'] == 1 and plan['steps'] == plan['steps_per_epoch'] and plan['replans'][0]['epoch'] == 0
     assert handed == [True]  # epoch 0's validation, kept though it was not planned as the last, is the plain pass
     oof = pd.read_csv(tmp_path/'run'/'fold0'/'oof.csv')
     np.testing.assert_allclose(oof['prob_tta'].to_numpy(), _fresh_oof(tmp_path/'run', data, fit['tta']), atol=1e-6)

@@ -84,7 +84,7 @@ def _budget_note(f):
     "How a budgeted fold used its budget: its minutes against the budget, its steps and epochs, how often it re-planned."
     plan = f.get('steps') or {}
     if not plan.get('budget') or f.get('fold_seconds') is None: return ''
-    replans = ('replanned_at' in plan) + len(plan.get('epoch_replans', []))
+    replans = ('replanned_at' in plan) + len(plan.get('replans', [])) + len(plan.get('epoch_replans', []))  # 0.19.0 listed epoch ends apart
     return (f", budget {plan['budget'] / 60:.1f} min: the fold took {f['fold_seconds'] / 60:.1f}, {plan['steps']} steps "
             f"({f['epochs_run']:.2f} epochs), re-planned {replans}x")
 
