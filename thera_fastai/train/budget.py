@@ -229,7 +229,7 @@ class Replan(Callback):
         if self.n_valid:  # this validation's time per image, against the latest pace
             pace, eval_img_s = self.windows[-1][1], self.valid_s / self.n_valid
             ratio = eval_img_s / self.ref['eval_img_s'] if self.ref['eval_img_s'] else pace / self.ref['step_s']
-            self.ref = dict(step_s=pace, eval_img_s=eval_img_s, aug_img_s=self.ref['aug_img_s'] * ratio, epoch_s=self.ref['epoch_s'] * pace / self.ref['step_s'])
+            self.ref = dict(self._speed_at(pace), eval_img_s=eval_img_s, aug_img_s=self.ref['aug_img_s'] * ratio)
         self._later(done, self.epoch + 1, 'epoch end')
 
     def _later(self, done, done_epochs, when):
