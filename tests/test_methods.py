@@ -178,11 +178,19 @@ def test_a_budget_fit_whose_steps_slow_down_for_good_replans_at_epoch_ends_and_k
     assert f"re-planned {len(plan['replans'])}x" in report
 
 
-class _SlowSteps(Callback):
-    "Makes every training step take `base` seconds more, and `slow` seconds more from step `start` to before `end`."
-    def __init__(self, base, slow, start, end): self.base, self.slow, self.start, self.end = base, slow, start, end
+class _PassingLoad(Callback):
+    """Makes every training step take `base` seconds more, and from `start` to `end` seconds into the fit `factor` times
+    as long as it then would: a load defined in time and as a share of the pace, so it weighs the same on a fast or a
+    slow machine. Records the steps it slowed in `slowed`."""
+    def __init__(self, base, factor, start, end): self.base, self.factor, self.start, self.end, self.slowed = base, factor, start, end, []
+    def before_fit(self): self.fit_t0 = time.perf_counter()
+    def before_batch(self): self.step_t0 = time.perf_counter()
     def after_batch(self):
-        if self.training: time.sleep(self.slow if self.start <= fit_step(self.learn) < self.end else self.base)
+        if not self.training: return
+        time.sleep(self.base)
+        if self.start <= time.perf_counter() - self.fit_t0 < self.end:
+            time.sleep((self.factor - 1) * (time.perf_counter() - self.step_t0))
+            self.slowed.append(fit_step(self.learn))
 
 
 def test_a_load_that_comes_and_goes_within_epochs_moves_the_end_while_it_lasts(data, tmp_path, monkeypatch):
@@ -190,15 +198,16 @@ def test_a_load_that_comes_and_goes_within_epochs_moves_the_end_while_it_lasts(d
     monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 4)  # windows of 0.6 s: 15 steps at the base pace, 4-5 at the slow one
     real = training.measure_speed
     monkeypatch.setattr(training, 'measure_speed', lambda learn: {**real(learn), 'step_s': 0.04})
-    rates = _Rates()
-    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _SlowSteps(0.03, 0.12, 40, 70)], **SLOW_FIT)
+    rates, load = _Rates(), _PassingLoad(0.03, 4, 2.5, 5.0)
+    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, load], **SLOW_FIT)
     info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
     plan, lrs = info['steps'], [r[0] for r in rates.lrs]
+    first, last = load.slowed[0], load.slowed[-1]
     windows = [r for r in plan['replans'] if r['when'] == 'window']
-    cut = [r for r in windows if 40 < r['step'] <= 75 and r['step'] % 12 and r['steps_to'] < 0.9 * r['steps_from']]
-    grown = [r for r in plan['replans'] if r['step'] > 75 and r['steps_to'] > r['steps_from']]
-    assert cut and grown  # cut within an epoch while the steps were slow, grown again once they were not
-    assert plan['steps'] > min(r['steps_to'] for r in plan['replans'] if r['step'] <= 75)  # the load's pace was not taken as lasting
+    cut = [r for r in windows if first < r['step'] <= last + 1 and r['step'] % 12 and r['steps_to'] < 0.9 * r['steps_from']]
+    grown = [r for r in plan['replans'] if r['step'] > last + 1 and r['steps_to'] > r['steps_from']]
+    assert cut and grown, plan['replans']  # cut within an epoch while the steps were slow, grown again once they were not
+    assert plan['steps'] > min(r['steps_to'] for r in plan['replans'] if r['step'] <= last + 1)  # the load's pace was not taken as lasting
     assert plan['planned_seconds'] <= 12 * 0.95 and info['fold_seconds'] < 12 * 1.5
     assert len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
     assert all(_bends_without_a_jump(lrs, r['step']) for r in windows if r['step'] + 1 < len(lrs))
