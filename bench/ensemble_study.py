@@ -7,27 +7,38 @@ In a K-fold run every row was seen by K-1 of the K models, so the ensemble canno
 out-of-fold rows. This study holds out fold 0 of the usual 5-fold split (20,000 rows no member ever
 sees), trains `--members` fold models on an inner stratified K-fold of the other 80,000 rows exactly as
 `thera-fit` would (each with its threshold picked on its own inner out-of-fold rows), and scores on the
-held-out rows: each member alone, the majority vote at the members' thresholds (what `thera-predict`
-does), and the mean probability at 0.5 and at the mean of the members' thresholds. Finished members are
+held-out rows: each member alone, the hard vote (the majority at the members' thresholds), the soft vote (the mean
+probability at the mean of the members' thresholds: what `thera-predict` does) and the mean probability at 0.5, each
+also cross-fitted on the held-out rows as thera-compare scores a run; then the paired intervals of each vote against
+each member, of the soft vote against the hard one, and of the mean probability against the best member. `--out` gets the tables as predictors.csv and
+differences.csv (`--table OUT` prints them again) and the held-out probabilities. `--budget 10m` gives each member
+thera-fit's time budget in place of epochs. Finished members are
 reused when the script is rerun with the same arguments; `--only 3,4` trains just those members and stops, so
 that members can train on several cores or machines at once before one run without it scores them all."""
 import argparse, time, warnings
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 warnings.filterwarnings('ignore')
+from thera_fastai.cli import parse_duration, parse_widths  # noqa: E402
 from thera_fastai.data.cache import cached_images  # noqa: E402
 from thera_fastai.data.loaders import fold_splits  # noqa: E402
 from thera_fastai.files import short_hash  # noqa: E402
 from thera_fastai.infer.ensemble import FoldModel, predict_folds, vote  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
+from thera_fastai.analysis.paired import N_BOOT, cross_fitted_hter_of, paired_difference, verdict  # noqa: E402
 from thera_fastai.data.source import open_dataset  # noqa: E402
 from thera_fastai.config import FitConfig, Runtime  # noqa: E402
 from thera_fastai.data.loaders import sample_rows  # noqa: E402
 from thera_fastai.train.learner import load_fold_learner  # noqa: E402
-from thera_fastai.runs import fold_done  # noqa: E402
+from thera_fastai.runs import fold_done, read_oof  # noqa: E402
+from thera_fastai.train.sizing import size_for_budget  # noqa: E402
 from thera_fastai.train.training import train_fold  # noqa: E402
+
+
+TABLES = ('predictors.csv', 'differences.csv')
 
 
 def train_members(images, labels, train_rows, cfg, out, members, runtime=None, only=None):
@@ -42,49 +53,105 @@ def train_members(images, labels, train_rows, cfg, out, members, runtime=None, o
             t = time.time()
             folder.mkdir(parents=True, exist_ok=True)
             res = train_fold(images, labels, train_rows[inner_tr], train_rows[inner_va], cfg, runtime.resolved(), folder, run_id, fold=k)
-            print(f"member {k}: {len(inner_tr):,} rows x {cfg.epochs} epochs in {(time.time() - t) / 60:.1f} min", flush=True)
+            epochs = cfg.epochs if cfg.budget is None else f"{res['epochs_run']:.3g}"  # a budget's steps, in epochs
+            print(f"member {k}: {len(inner_tr):,} rows x {epochs} epochs in {(time.time() - t) / 60:.1f} min", flush=True)
         models.append(FoldModel(k, load_fold_learner(folder), res['threshold']))
     return models
 
 
-def row(name, m):
-    return f"| {name} | {m['hter']:.4f} | {m['far']:.4f} | {m['frr']:.4f} | {m['auc']:.4f} |"
+def score(probs, models, targs, rows, n_boot=N_BOOT, against=None):
+    """Two tables on the held-out rows: each predictor's error rates at its threshold (picked on other rows: a member's
+    own inner out-of-fold rows) and cross-fitted (picked on one half of the held-out rows, scored on the other, as
+    thera-compare does), and the paired differences that say which gains are more than noise. `against`: {name:
+    probabilities of the held-out rows} of single runs (`against_runs`), scored cross-fitted only (their own
+    thresholds were picked on these rows) and compared with the mean probability."""
+    thresholds = [m.threshold for m in models]
+    mean, mean_at = probs.mean(0), float(np.mean(thresholds))
+    decided = vote(probs, thresholds, 'hard').astype(float)  # 0/1: compared at 0.5
+    groups = rows % 2
+    named = {f"member {m.fold}": (p, m.threshold) for p, m in zip(probs, models)}
+    named.update({'hard vote': (decided, 0.5), 'soft vote (thera-predict)': (mean, mean_at), 'mean probability at 0.5': (mean, 0.5)})
+    predictors = pd.DataFrame([dict(predictor=name, threshold=t, **{k: v for k, v in error_rates(p, targs, t).items() if k in ('hter', 'far', 'frr')},
+                                    auc=error_rates(mean if p is decided else p, targs)['auc'],
+                                    hter_cross_fitted=np.nan if p is decided else cross_fitted_hter_of(p, targs, groups))
+                               for name, (p, t) in named.items()]
+                              + [dict(predictor=name, threshold=np.nan, hter=np.nan, far=np.nan, frr=np.nan, auc=error_rates(p, targs)['auc'],
+                                      hter_cross_fitted=cross_fitted_hter_of(p, targs, groups)) for name, p in (against or {}).items()])
+    vote_name, mean_name = list(named)[len(models)], list(named)[len(models) + 1]
+    pairs = [(f"member {m.fold}", name) for name in (vote_name, mean_name) for m in models] + [(vote_name, mean_name)]
+    diffs = [dict(baseline=a, candidate=b, thresholds='own', **paired_difference(named[a][0], named[b][0], targs, n_boot=n_boot, thresholds=(named[a][1], named[b][1])))
+             for a, b in pairs]
+    best = min((f"member {m.fold}" for m in models), key=lambda n: cross_fitted_hter_of(named[n][0], targs, groups))
+    diffs += [dict(baseline=name, candidate='mean probability', thresholds='cross-fitted', **paired_difference(p, mean, targs, groups, n_boot))
+              for name, p in [(best, named[best][0]), *(against or {}).items()]]
+    differences = pd.DataFrame(diffs)
+    differences['verdict'] = [verdict(d, d['baseline'], d['candidate']) for d in differences.to_dict('records')]
+    return predictors, differences
+
+
+def against_runs(runs, held_out):
+    "{run folder name: its fold 0's TTA probabilities of the held-out rows, in their order}; one clear error where a run did not score them all."
+    probs = {}
+    for run in runs:
+        oof = read_oof(run, [0]).set_index('row')
+        missing = np.setdiff1d(held_out, oof.index)
+        if len(missing): raise SystemExit(f"{run}: its fold 0 did not score {len(missing):,} of the held-out rows (other folds, seed or data)")
+        probs[Path(run).name] = oof.loc[held_out, 'prob_tta'].to_numpy()
+    return probs
+
+
+def markdown(predictors, differences):
+    "The study's two tables as markdown, from `score`'s frames (or the CSV files it writes)."
+    lines = ["| predictor | threshold | HTER | FAR | FRR | AUC | HTER cross-fitted |", "|---|---|---|---|---|---|---|"]
+    fmt = lambda v, f='.4f': '-' if pd.isna(v) else format(v, f)
+    lines += [f"| {r.predictor} | {fmt(r.threshold, '.3f')} | {fmt(r.hter)} | {fmt(r.far)} | {fmt(r.frr)} | {fmt(r.auc)} | {fmt(r.hter_cross_fitted)} |"
+              for r in predictors.itertuples()]
+    lines += ["", "| candidate | baseline | thresholds | HTER difference [95%] | verdict |", "|---|---|---|---|---|"]
+    lines += [f"| {r.candidate} | {r.baseline} | {r.thresholds} | {r.diff:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}] | {r.verdict} |" for r in differences.itertuples()]
+    return '\n'.join(lines) + '\n'
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument('--data', required=True)
+    ap.add_argument('--data', help='the exercise zip or folder (needed unless --table)')
     ap.add_argument('--out', default='runs/ensemble')
     ap.add_argument('--members', type=int, default=5)
     ap.add_argument('--epochs', type=int, default=None, help="default: the arch's recipe")
+    ap.add_argument('--budget', default=None, help="each member's time budget, as thera-fit's --budget (10m, 1h), in place of --epochs")
     ap.add_argument('--arch', default=FitConfig.arch)
+    ap.add_argument('--widths', default=None, help="as thera-fit's --widths; under a budget, auto (the default) is sized once, on member 0's rows")
     ap.add_argument('--threads', type=int, default=None, help='torch threads (default: all cores)')
     ap.add_argument('--tta', type=int, default=4)
     ap.add_argument('--sample', type=int, default=None, help='stratified subset of N images (a smaller, quicker study)')
     ap.add_argument('--only', default=None, help='comma-separated members to train, then stop without scoring')
+    ap.add_argument('--against', default=None, help="comma-separated thera-fit runs of the same data and seed whose fold 0 the mean probability is compared with")
+    ap.add_argument('--n-boot', type=int, default=N_BOOT, help='resamples of each paired interval')
+    ap.add_argument('--table', default=None, help="print the tables of a finished study's --out folder from its CSV files and stop")
     a = ap.parse_args()
+    if a.table: print(markdown(*(pd.read_csv(Path(a.table)/f) for f in TABLES)), end=''); return
+    if not a.data: ap.error('--data is required')
     runtime = Runtime(threads=a.threads); runtime.apply()
     ds = open_dataset(a.data)
     images, labels = cached_images(ds.train), np.asarray(ds.labels)
-    cfg = FitConfig(arch=a.arch, folds=a.members, epochs=a.epochs, tta=a.tta, sample=a.sample)
+    cfg = FitConfig(arch=a.arch, folds=a.members, epochs=a.epochs, budget=parse_duration(a.budget), tta=a.tta, sample=a.sample,
+                    **({} if a.widths is None else dict(widths=parse_widths(a.widths, a.arch))))
     rows = sample_rows(labels, a.sample, cfg.seed)
     train_rows, held_out = (rows[i] for i in fold_splits(labels[rows], 5, cfg.seed)[0])
     only = None if a.only is None else {int(k) for k in a.only.split(',')}
+    inner_tr, inner_va = fold_splits(labels[train_rows], a.members, cfg.seed)[0]
+    cfg = size_for_budget(cfg, a.out, images, labels, train_rows[inner_tr], train_rows[inner_va], runtime.resolved())
     models = train_members(images, labels, train_rows, cfg, a.out, a.members, runtime, only)
     if only is not None: return
-    probs, votes = predict_folds(models, images[held_out], a.tta)
-    targs, thresholds = labels[held_out], [m.threshold for m in models]
-    print(f"\n{a.members} members, {cfg.epochs} epochs each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
+    probs, _ = predict_folds(models, images[held_out], a.tta)
+    targs, out = labels[held_out], Path(a.out)
+    steps = f"{cfg.epochs} epochs" if cfg.budget is None else f"a {cfg.budget / 60:g}-minute budget"
+    print(f"\n{a.members} members, {steps} each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
           f"scored on {len(held_out):,} held-out rows (TTA {a.tta})\n")
-    print("| predictor | HTER | FAR | FRR | AUC |\n|---|---|---|---|---|")
-    singles = [error_rates(p, targs, m.threshold) for p, m in zip(probs, models)]
-    for k, s in enumerate(singles): print(row(f"member {k} at its threshold {models[k].threshold:.3f}", s))
-    print(row("members, mean of the above", {c: np.mean([s[c] for s in singles]) for c in ('hter', 'far', 'frr', 'auc')}))
-    final = vote(probs, thresholds)
-    print(row("majority vote at the members' thresholds (thera-predict)",
-              error_rates(final.astype(float), targs) | dict(auc=error_rates(probs.mean(0), targs)['auc'])))
-    print(row("mean probability at 0.5", error_rates(probs.mean(0), targs)))
-    print(row(f"mean probability at the mean threshold {np.mean(thresholds):.3f}", error_rates(probs.mean(0), targs, np.mean(thresholds))))
+    pd.DataFrame({'row': held_out, 'label': targs, **{f"prob_member{m.fold}": p for m, p in zip(models, probs)}}).to_csv(out/'held_out_probs.csv', index=False)
+    against = against_runs(a.against.split(','), held_out) if a.against else None
+    tables = score(probs, models, targs, held_out, a.n_boot, against)
+    for frame, name in zip(tables, TABLES): frame.to_csv(out/name, index=False)
+    print(markdown(*tables), end='')
 
 
 if __name__ == '__main__': main()

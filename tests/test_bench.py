@@ -1,9 +1,13 @@
-"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; a study table comes from thera-compare's files; the ensemble study runs end to end; the conv floor times each convolution; the batch sweep times each batch size."""
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; a study table comes from thera-compare's files; the ensemble study runs end to end and writes its tables with paired intervals; the conv floor times each convolution; the batch sweep times each batch size."""
 import os, re, subprocess, sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
+
+from thera_fastai.analysis.paired import cross_fitted_hter_of
+from thera_fastai.metrics import hter
 
 sys.path.insert(0, str(Path(__file__).parents[1]/'bench'))
 import budget_study  # noqa: E402
@@ -74,7 +78,7 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
             '--arch', 'simple', '--epochs', '1', '--tta', '0', '--threads', '1']
     study = lambda *extra: subprocess.run(args + list(extra), capture_output=True, text=True,
                                           env={**os.environ, 'PYTHONPATH': str(script.parent)})
-    trained = lambda out: re.findall(r'^member (\d): \d+ rows x 1 epochs', out, re.M)
+    trained = lambda out: re.findall(r'^member (\d): \d+ rows x 1 epochs in', out, re.M)
     apart = study('--only', '1')
     assert apart.returncode == 0, apart.stderr[-2000:]
     assert trained(apart.stdout) == ['1'] and '| predictor' not in apart.stdout
@@ -84,13 +88,35 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     assert trained(first.stdout) == ['0']  # member 1 reused
     scored = re.search(r'scored on (\d+) held-out rows', first.stdout)
     assert scored and int(scored[1]) in (19, 20)  # fold 0 of 5 of the 96 generated images
-    table = {line.split(' | ')[0].strip('| '): [float(v) for v in line.strip(' |').split(' | ')[1:]]
-             for line in first.stdout.splitlines() if line.startswith('| ') and not line.startswith('| predictor')}
-    assert any(k.startswith('majority vote') for k in table) and sum(k.startswith('member ') for k in table) == 2
-    assert all(0 <= v <= 1 for row in table.values() for v in row)
+    table = {line.split(' | ')[0].strip('| '): line.strip(' |').split(' | ')[1:] for line in first.stdout.splitlines()
+             if line.startswith('| ') and not line.startswith(('| predictor', '| candidate'))}
+    assert any(k.startswith('hard vote') for k in table) and any(k.startswith('soft vote') for k in table) and sum(k.startswith('member ') for k in table) == 2
+    predictors = pd.read_csv(tmp_path/'ens'/'predictors.csv')
+    assert predictors[['hter', 'far', 'frr', 'auc']].stack().between(0, 1).all()
+    held = pd.read_csv(tmp_path/'ens'/'held_out_probs.csv')
+    member0 = predictors.set_index('predictor').loc['member 0']
+    assert member0['hter'] == pytest.approx(hter(held['prob_member0'], held['label'], member0['threshold']))
+    differences = pd.read_csv(tmp_path/'ens'/'differences.csv')
+    assert list(differences['baseline'])[:2] == ['member 0', 'member 1'] and (differences['lo'] <= differences['diff']).all()
+    vote_row = predictors[predictors['predictor'].str.startswith('hard vote')].iloc[0]
+    assert differences['diff'][0] == pytest.approx(vote_row['hter'] - member0['hter'])  # the vote minus member 0, at their own thresholds
+    reprinted = study('--table', str(tmp_path/'ens'))
+    assert reprinted.stdout in first.stdout
     again = study()
     assert again.returncode == 0 and trained(again.stdout) == []
     assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
+    import thera_fastai as tf
+    tf.fit(tiny_zip, tmp_path/'single', fold=0, folds=5, arch='simple', epochs=1, tta=0, threads=1, log=lambda *_: None)
+    against = study('--against', str(tmp_path/'single'))
+    assert against.returncode == 0 and trained(against.stdout) == [], against.stderr[-2000:]
+    differences = pd.read_csv(tmp_path/'ens'/'differences.csv').set_index('baseline')
+    oof = pd.read_csv(tmp_path/'single'/'fold0'/'oof.csv').set_index('row').loc[held['row']]
+    single = cross_fitted_hter_of(oof['prob_tta'].to_numpy(), held['label'].to_numpy(), held['row'].to_numpy() % 2)
+    mean = cross_fitted_hter_of(held.filter(like='prob_member').mean(axis=1).to_numpy(), held['label'].to_numpy(), held['row'].to_numpy() % 2)
+    assert differences.loc['single', 'diff'] == pytest.approx(mean - single)  # the members' mean against the single run's fold 0, on the same rows
+    tf.fit(tiny_zip, tmp_path/'other', fold=0, folds=5, arch='simple', epochs=1, tta=0, threads=1, seed=7, log=lambda *_: None)
+    refused = study('--against', str(tmp_path/'other'))
+    assert refused.returncode != 0 and 'did not score' in refused.stderr.strip().splitlines()[-1]
 
 
 def test_the_conv_floor_times_every_convolution_on_its_own_input_shape():

@@ -130,6 +130,13 @@ def test_bad_input_in_a_fresh_process_prints_one_line(tmp_path):
     assert res.returncode == 2 and res.stderr.strip() == f"thera-fit: error: {tmp_path/'missing.zip'}: does not exist"
 
 
+@pytest.mark.parametrize('command, args', [('thera-predict', ['--data', '.', '--out', 'out.txt']), ('thera-export', ['--out', 'export'])])
+def test_an_unknown_vote_rule_is_one_line_before_any_run_is_read(command, args, tmp_path):
+    res = run_cli(command, '--models', tmp_path/'no-run', '--vote', 'mean', *[tmp_path/a if a != '.' and not a.startswith('--') else a for a in args])
+    assert res.returncode == 2 and res.stderr.strip() == f"{command}: error: --vote must be one of soft, hard (got 'mean')"
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.fixture(scope='module')
 def trained(tmp_path_factory):
     "A 2-fold fit on 300 generated images, and its folder; paths relative to the working folder, as users type them."

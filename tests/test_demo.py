@@ -110,8 +110,9 @@ def test_classify_explains_the_vote_and_each_folds_margin(tmp_path):
     assert all(r[4] == ('clean' if r[1] >= r[2] else 'occluded') for r in rows)
     assert classify(models, np.asarray(Image.fromarray(img).resize((128, 128))), 0)[1][0][0] == 'fold 0'
     assert to_model_image(np.zeros((90, 120, 4), np.uint8)).shape == (64, 64, 3)
-    assert 'a tie (1 of 2 folds say clean), broken by the mean margin +0.050' in explain([1, 0], [0.7, 0.5], [0.6, 0.5])
-    assert '2 of 3 folds say occluded' in explain([0, 0, 1], [0.2, 0.3, 0.9], [0.5] * 3)
+    assert 'Hard vote: a tie (1 of 2 folds say clean), broken by the mean margin +0.050' in explain([1, 0], [0.7, 0.5], [0.6, 0.5], 'hard')
+    assert '2 of 3 folds say occluded' in explain([0, 0, 1], [0.2, 0.3, 0.9], [0.5] * 3, 'hard')
+    assert "Soft vote: the mean margin over the folds' thresholds is -0.033 (1 of 3 folds say clean)" in explain([0, 0, 1], [0.2, 0.3, 0.9], [0.5] * 3)
     assert 'within 0.01 of its threshold' in explain([1], [0.505], [0.5])
     big = overlay(img, np.linspace(0, 1, 64 * 64).reshape(64, 64))
     assert big.shape == (320, 320, 3) and big.dtype == np.uint8

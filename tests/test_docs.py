@@ -1,4 +1,5 @@
-"""The docs' claims that name a test point at one that exists, so a table row cannot outlive the check behind it."""
+"""The docs' claims that name a test point at one that exists, so a table row cannot outlive the check behind it; the
+study tables in the results are the ones their CSV files generate."""
 import ast, re
 from pathlib import Path
 
@@ -31,3 +32,22 @@ def test_every_image_and_page_a_doc_links_to_exists(doc):
     local = [l for l in links if '://' not in l and not l.startswith('mailto:')]
     missing = [l for l in local if not ((ROOT/doc).parent/l).exists()]
     assert not missing, f"{doc} links to files that do not exist: {missing}"
+
+
+def _study_tables():
+    "(CSV file or folder, the table its bench script generates from it) for every study CSV in docs/."
+    import sys
+    import pandas as pd
+    sys.path.insert(0, str(ROOT/'bench'))
+    import ensemble_study, method_study
+    studies = [(p, method_study.study_markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('*.csv'))
+               if p.name.startswith(('study_', 'method_study', 'pseudo_'))]
+    studies += [(d, ensemble_study.markdown(*(pd.read_csv(d/f) for f in ensemble_study.TABLES)))
+                for d in sorted((ROOT/'docs').glob('ensemble_*')) if d.is_dir()]
+    return studies
+
+
+def test_every_study_table_in_the_results_is_what_its_csv_generates():
+    results, studies = (ROOT/'docs'/'results.md').read_text(), _study_tables()
+    stale = [p.name for p, table in studies if table.strip() not in results]
+    assert len(studies) >= 19 and not stale, f"docs/results.md tables differ from their CSV: {stale}"

@@ -1,5 +1,5 @@
 """ONNX export: the exported ensemble, run without torch or fastai, labels as thera-predict --tta 0 does."""
-import subprocess, sys
+import json, shutil, subprocess, sys
 
 import numpy as np
 import pandas as pd
@@ -47,6 +47,18 @@ def test_exported_ensemble_predicts_as_thera_predict_without_torch(exported, tmp
         got = pd.read_csv(work/'onnx.csv')
         assert list(got.columns) == list(expected.columns) and list(got['image']) == list(expected['image'])
         for k in range(3): assert np.abs(got[f"prob_fold{k}"] - expected[f"prob_fold{k}"]).max() < 1e-4
+    assert manifest['vote_rule'] == 'soft'
+    older = work/'older'; shutil.copytree(root/'export', older)  # an export written before the rule was recorded voted hard
+    old_manifest = json.loads((older/'ensemble.json').read_text())
+    old_manifest = {k: v for k, v in old_manifest.items() if k not in ('vote_rule', 'vote')}
+    for f, t in zip(old_manifest['folds'], (0.0, 0.0, 1.0)): f['threshold'] = t  # two folds always say clean, one never: the majority says clean
+    (older/'ensemble.json').write_text(json.dumps(old_manifest))
+    res = _onnx_predict(older, tmp_path/'data', '--out', work/'older.txt', '--votes', work/'older.csv')
+    assert res.returncode == 0 and (np.loadtxt(work/'older.txt', dtype=int) == 1).all(), res.stderr
+    assert (pd.read_csv(work/'older.csv').filter(like='prob_fold').sum(axis=1) < 1).any()  # where the soft vote says occluded
+    (older/'ensemble.json').write_text(json.dumps(dict(old_manifest, vote_rule='median')))
+    res = _onnx_predict(older, tmp_path/'data', '--out', work/'newer.txt')
+    assert res.returncode == 2 and "unknown vote rule 'median'" in res.stderr and not (work/'newer.txt').exists()
 
 
 @pytest.mark.slow

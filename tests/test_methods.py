@@ -376,6 +376,27 @@ def test_the_paired_interval_covers_a_known_difference_and_says_so():
     assert same['diff'] == same['lo'] == same['hi'] == 0 and verdict(same) == 'within the noise'
 
 
+def test_the_paired_interval_at_fixed_thresholds_covers_a_known_difference_of_decisions():
+    from thera_fastai.metrics import hter
+    rng = np.random.default_rng(3)
+    big = (rng.random(200_000) > 0.15).astype(int)
+    weak, strong = _scores(rng, big, 1.0), _scores(rng, big, 1.3)
+    at = (0.55, 0.6)  # each model's own threshold, picked on other rows
+    truth = hter(strong, big, at[1]) - hter(weak, big, at[0])
+    assert truth < -0.02
+    covered, said_better = 0, 0
+    for seed in range(10):
+        rows = np.random.default_rng(seed).choice(len(big), 3000, replace=False)
+        d = paired_difference(weak[rows], strong[rows], big[rows], n_boot=150, seed=seed, thresholds=at)
+        assert d['diff'] == pytest.approx(hter(strong[rows], big[rows], at[1]) - hter(weak[rows], big[rows], at[0]), abs=1e-12)
+        covered += d['lo'] <= truth <= d['hi']
+        said_better += verdict(d, 'weak', 'strong') == 'strong is better than weak'
+    assert covered >= 8 and said_better >= 5
+    votes = (strong >= 0.6).astype(float)[:3000]  # decisions compare at 0.5
+    same = paired_difference(strong[:3000], votes, big[:3000], n_boot=50, thresholds=(0.6, 0.5))
+    assert same['diff'] == same['lo'] == same['hi'] == 0
+
+
 def test_the_blend_is_compared_with_the_first_run_and_with_the_best():
     import pandas as pd
     from thera_fastai.analysis.comparison import paired_markdown

@@ -146,6 +146,19 @@ def test_predict_refuses_missing_folds_unless_partial(reference, data):
     assert np.abs(head['prob_fold0'] - plain['prob_fold0'][:3]).max() < 1e-5
 
 
+def test_the_soft_vote_is_the_mean_probability_at_the_mean_threshold_and_the_hard_one_the_majority(reference, data):
+    from thera_fastai.infer.ensemble import vote
+    probs, thresholds = np.array([[0.6, 0.9, 0.95], [0.6, 0.2, 0.45], [0.1, 0.2, 0.55]]), [0.5, 0.5, 0.6]
+    assert vote(probs, thresholds, 'hard').tolist() == [1, 0, 0]  # image 0: two of three folds say clean
+    assert vote(probs, thresholds, 'soft').tolist() == [0, 0, 1]  # its mean probability 0.433 is under the mean threshold 0.533
+    assert (vote(probs, thresholds, 'soft') == (probs.mean(0) >= np.mean(thresholds))).all()
+    tie = np.array([[0.9, 0.52], [0.1, 0.4]])
+    assert vote(tie, [0.5, 0.5], 'hard').tolist() == vote(tie, [0.5, 0.5], 'soft').tolist() == [1, 0]  # a tie goes to the mean margin
+    with pytest.raises(ValueError, match='soft, hard'): vote(probs, thresholds, 'mean')
+    with pytest.raises(TheraError, match="^vote must be one of soft, hard"): tf.predict(reference, data, partial=True, vote='mean')
+    assert tf.predict(reference, data, partial=True, tta=0, vote='hard').attrs['vote'] == 'hard'
+
+
 def test_library_errors_name_parameters(data, tmp_path):
     with pytest.raises(TheraError, match="^epoch is not a fit parameter"): tf.fit(data, tmp_path/'r', epoch=3)
     with pytest.raises(TheraError, match="^fold 2 is out of range for 2 folds"): tf.fit(data, tmp_path/'r', fold=2, **FIT)

@@ -71,14 +71,16 @@ def predict(models,  # A thera-fit run folder
             seed:int=TTA_SEED,  # Seed of the TTA augmentation: the same seed gives the same labels
             bars:bool=False,  # Progress bars
             first:int=None,  # Only the first N images in file-name order (a quick look; their TTA draws differ from a full run's)
+            vote:str=_C['vote'],  # How the folds decide: soft (the mean probability at the mean of their thresholds) or hard (the majority of their votes)
            ):  # One row per image: image, prob_fold<k>, vote_fold<k>, mean_prob, label (file-name order)
-    "Each fold model predicts with TTA at its own threshold and the folds vote."
+    "Each fold model predicts with TTA at its own threshold and the folds vote, soft or hard."
     from .data.cache import cached_images
-    from .infer.ensemble import load_fold_models, predict_folds, votes_frame
+    from .infer.ensemble import check_vote_rule, load_fold_models, predict_folds, votes_frame
     from .progress import labelled_bar
     from .data.source import open_images
     if tta is not None and (not isinstance(tta, int) or tta < 0): raise TheraError(f"must be 0 or more (got {tta!r})", param='tta')
     if first is not None and (not isinstance(first, int) or first < 1): raise TheraError(f"must be at least 1 (got {first!r})", param='first')
+    check_vote_rule(vote)
     Runtime(device=device)
     fold_models, run = load_fold_models(models, device, partial)
     source = open_images(data)
@@ -86,8 +88,8 @@ def predict(models,  # A thera-fit run folder
     tta = run['config']['tta'] if tta is None else tta
     names = source.names[:first] if first else source.names
     probs, votes = predict_folds(fold_models, images[:len(names)], tta, labelled_bar('models') if bars else None, seed)
-    frame = votes_frame(names, fold_models, probs, votes)
-    frame.attrs.update(tta=tta, n_models=len(fold_models), source=source.display())
+    frame = votes_frame(names, fold_models, probs, votes, vote)
+    frame.attrs.update(tta=tta, n_models=len(fold_models), source=source.display(), vote=vote)
     return frame
 
 

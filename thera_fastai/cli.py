@@ -183,6 +183,7 @@ def predict(
     tta:int = None, # TTA passes per model (0 = none; default: the run's own, which its thresholds were picked with)
     votes:str = None, # CSV of each model's probability and vote (default: next to --out)
     partial:store_true = False, # Vote over the finished folds when some are missing
+    vote:str = _C['vote'], # How the folds decide: soft (the mean probability at the mean of their thresholds) or hard (the majority of their votes)
     seed:int = TTA_SEED, # Seed of the TTA augmentation (the same seed writes the same labels)
     device:str = Runtime.device, # auto, cpu or cuda
     threads:int = Runtime.threads, # Torch and decode threads (default: all cores)
@@ -190,7 +191,7 @@ def predict(
     quiet:store_true = False, # No progress bars
     version:_VERSION = None, # Print the package version and exit
 ):
-    "Each fold model predicts with TTA at its own threshold; the folds vote; writes one 0/1 line per image."
+    "Each fold model predicts with TTA at its own threshold; the folds vote (soft by default); writes one 0/1 line per image."
     with _friendly('thera-predict'):
         _require(models=models, data=data)
         _quiet_third_party()
@@ -200,12 +201,12 @@ def predict(
         t0 = time.time()
         out = _writable_file(out, 'out')
         votes = _writable_file(votes or out.with_name(out.stem + '_votes.csv'), 'votes')
-        frame = predict_run(models, data, tta=tta, device=device, partial=partial, cache=cache, seed=seed, bars=show_bars(quiet))
+        frame = predict_run(models, data, tta=tta, device=device, partial=partial, cache=cache, seed=seed, bars=show_bars(quiet), vote=vote)
         write_votes(votes, frame)
         write_labels(out, frame['label'].to_numpy(), len(frame))
         cols = [c for c in frame if c.startswith('vote_fold')]
         agree = (frame[cols].nunique(axis=1) == 1).mean()
-        print(f"{plural(len(frame), 'image')}, {plural(frame.attrs['n_models'], 'fold model')}, TTA {frame.attrs['tta']}: "
+        print(f"{plural(len(frame), 'image')}, {plural(frame.attrs['n_models'], 'fold model')}, TTA {frame.attrs['tta']}, {vote} vote: "
               f"class 0 {1 - frame['label'].mean():.2%}, all folds agree on {agree:.2%}; {time.time() - t0:.0f} s. "
               f"Wrote {out} and {votes}")
 
@@ -278,6 +279,7 @@ def export(
     models:str = None, # A thera-fit run folder
     out:str = _C['export_out'], # Folder for fold<k>.onnx, ensemble.json and predict.py
     partial:store_true = False, # Export the finished folds when some are missing
+    vote:str = _C['vote'], # The rule the exported predictor votes by: soft (the mean probability at the mean threshold) or hard (the majority)
     version:_VERSION = None, # Print the package version and exit
 ):
     "Each fold to ONNX (uint8 images in, probability out) with its threshold and the vote rule, and a predictor without torch."
@@ -287,7 +289,7 @@ def export(
         try: import onnx  # noqa: F401  (torch's exporter needs it)
         except ImportError: raise TheraError("needs onnx: pip install 'thera_fastai[export]'") from None
         from .infer.export import export_run
-        manifest = export_run(models, out, partial)
+        manifest = export_run(models, out, partial, vote)
         q = shlex.quote  # the command is copied into a shell: paths with spaces stay one argument
         print(f"{plural(len(manifest['folds']), 'fold model')} exported to {out}: python {q(str(Path(out)/'predict.py'))} {q(str(out))} IMAGES "
               f"--out label_val.txt (needs onnxruntime, numpy, and simplejpeg or Pillow)")

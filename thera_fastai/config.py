@@ -46,6 +46,9 @@ COMMAND_DEFAULTS = dict(
     compare_n=32,  # thera-compare: rows per label in the grids of errors every run makes
     audit_n=16, audit_device='auto',  # thera-audit: suspects per given label in the grids; where the saliency maps run
     export_out='export',  # thera-export's folder
+    # thera-predict's and thera-export's rule (infer/onnx_predict.VOTE_RULES): soft, the mean probability at the mean of
+    # the folds' thresholds, scored better than the majority on rows no fold saw (docs/results.md, *The fold vote measured*)
+    vote='soft',
     sweep_out='runs/sweep', trials=10, study='thera',  # thera-sweep
     host='127.0.0.1', port=7860,  # thera-demo's address
 )

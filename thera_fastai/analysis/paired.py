@@ -1,5 +1,6 @@
 """Whether one run beats another by more than noise: the HTER difference of two runs on the out-of-fold rows both
-scored, with a paired bootstrap interval (rows resampled together, thresholds cross-fitted inside each resample)."""
+scored, with a paired bootstrap interval (rows resampled together, thresholds cross-fitted inside each resample, or
+fixed ones picked on other rows)."""
 import numpy as np
 import pandas as pd
 
@@ -11,25 +12,33 @@ __all__ = ['cross_fitted_hter_of', 'paired_difference', 'paired_differences', 'v
 
 def cross_fitted_hter_of(probs, labels, groups):
     "HTER of deciding each group's rows at the threshold picked on the other groups' rows (the report's cross-fitting)."
-    decided = cross_fitted(probs, labels, groups)
-    pos, neg = labels == 1, labels == 0
-    return ((decided[neg]).mean() + (~decided[pos]).mean()) / 2
+    return _hter_at(cross_fitted(probs, labels, groups), labels)
 
 
-def paired_difference(probs_a, probs_b, labels, groups, n_boot=N_BOOT, seed=0, level=0.95):
+def paired_difference(probs_a, probs_b, labels, groups=None, n_boot=N_BOOT, seed=0, level=0.95, thresholds=None):
     """HTER of b minus HTER of a on the same rows, and its paired bootstrap percentile interval: each resample draws
     rows with replacement within each label (so both classes keep their counts), scores both runs on the same draw,
-    with thresholds cross-fitted over `groups` inside the draw. Negative: b makes fewer errors. Returns a dict."""
-    probs_a, probs_b, labels, groups = (np.asarray(x) for x in (probs_a, probs_b, labels, groups))
-    point = cross_fitted_hter_of(probs_b, labels, groups) - cross_fitted_hter_of(probs_a, labels, groups)
+    with thresholds cross-fitted over `groups` inside the draw, or at `thresholds` (a's, b's), fixed ones picked on
+    other rows (a model's own out-of-fold rows; 0/1 decisions at 0.5). Negative: b makes fewer errors. Returns a dict."""
+    probs_a, probs_b, labels = (np.asarray(x) for x in (probs_a, probs_b, labels))
+    if thresholds is None:
+        groups = np.asarray(groups)
+        def score(probs, rows, _): return cross_fitted_hter_of(probs[rows], labels[rows], groups[rows])
+    else:
+        def score(probs, rows, t): return _hter_at(probs[rows] >= t, labels[rows])
+    ta, tb = thresholds or (None, None)
+    every = np.arange(len(labels))
+    point = score(probs_b, every, tb) - score(probs_a, every, ta)
     rng, by_label = np.random.default_rng(seed), [np.flatnonzero(labels == c) for c in (0, 1)]
     diffs = np.empty(n_boot)
     for i in range(n_boot):
         rows = np.concatenate([rng.choice(idx, len(idx)) for idx in by_label])
-        l, g = labels[rows], groups[rows]
-        diffs[i] = cross_fitted_hter_of(probs_b[rows], l, g) - cross_fitted_hter_of(probs_a[rows], l, g)
+        diffs[i] = score(probs_b, rows, tb) - score(probs_a, rows, ta)
     lo, hi = np.quantile(diffs, [(1 - level) / 2, (1 + level) / 2])
     return dict(diff=float(point), lo=float(lo), hi=float(hi), se=float(diffs.std(ddof=1)), n_rows=len(labels), n_boot=n_boot)
+
+
+def _hter_at(decided, labels): return (decided[labels == 0].mean() + (~decided[labels == 1]).mean()) / 2
 
 
 def verdict(d, a='a', b='b'):

@@ -44,25 +44,28 @@ def overlay(image, cam, size=SHOWN_PX, alpha=0.45):
     return ((1 - alpha) * big + alpha * coloured).clip(0, 255).astype(np.uint8)
 
 
-def classify(models, image, tta):
+def classify(models, image, tta, rule=_C['vote']):
     """(label text, per-fold rows) for one picture (`to_model_image` makes it 64x64): each fold's P(clean), threshold,
-    margin (P(clean) - threshold: how far the fold is from changing its vote) and vote, then the ensemble's vote."""
+    margin (P(clean) - threshold: how far the fold is from changing its vote) and vote, then the ensemble's label by `rule`."""
     probs, votes = predict_folds(models, to_model_image(image)[None], tta)
-    final = int(vote(probs, [m.threshold for m in models])[0])
+    final = int(vote(probs, [m.threshold for m in models], rule)[0])
     rows = [[f"fold {m.fold}", round(float(p[0]), 4), round(m.threshold, 4), round(float(p[0]) - m.threshold, 4), SHORT_NAMES[int(v[0])]]
             for m, p, v in zip(models, probs, votes)]
-    return f"{final}: {CLASS_NAMES[final]}. {explain(votes[:, 0], probs[:, 0], [m.threshold for m in models])}", rows
+    return f"{final}: {CLASS_NAMES[final]}. {explain(votes[:, 0], probs[:, 0], [m.threshold for m in models], rule)}", rows
 
 
-def explain(votes, probs, thresholds):
-    "What decided the vote, in words: the majority, or for a tie the mean margin; and how close the folds were."
+def explain(votes, probs, thresholds, rule=_C['vote']):
+    """What decided the label, in words: the mean margin over the folds' thresholds (the soft vote), or the majority
+    of the folds' votes with a tie broken by the mean margin (the hard vote); and how close the folds were."""
     n, clean = len(votes), int(np.sum(votes))
     margins = np.asarray(probs) - np.asarray(thresholds)
-    if 2 * clean == n: how = f"a tie ({clean} of {n} folds say clean), broken by the mean margin {margins.mean():+.3f}"
+    said = f"{clean} of {n} folds say clean"
+    if rule == 'soft': how = f"the mean margin over the folds' thresholds is {margins.mean():+.3f} ({said})"
+    elif 2 * clean == n: how = f"a tie ({said}), broken by the mean margin {margins.mean():+.3f}"
     else: how = f"{max(clean, n - clean)} of {n} folds say {SHORT_NAMES[int(2 * clean > n)]}"
     close = np.abs(margins).min()
     note = " The closest fold is within 0.01 of its threshold: a small change to the image could flip it." if close < 0.01 else ''
-    return f"Vote: {how}; each fold votes clean when its P(clean) is at least its own threshold.{note}"
+    return f"{rule.capitalize()} vote: {how}; each fold votes clean when its P(clean) is at least its own threshold.{note}"
 
 
 def _ensemble_cam(models, img):

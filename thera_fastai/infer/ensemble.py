@@ -1,19 +1,19 @@
-"""The fold ensemble: each fold's learner predicts with TTA at its own threshold, then the folds vote."""
+"""The fold ensemble: each fold's learner predicts with TTA at its own threshold, then the folds vote (soft or hard)."""
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from ..config import IMAGE_SHAPE, TTA_SEED, FitConfig
+from ..config import COMMAND_DEFAULTS, IMAGE_SHAPE, TTA_SEED, FitConfig
 from ..data.loaders import images_dl
 from ..errors import TheraError
 from ..files import atomic_write, read_json
 from ..runs import FOLD_FILE, fold_dir, fold_done, open_run
 from ..train.learner import load_fold_learner
 from .inference import predict_probs
-from .onnx_predict import vote  # the exported predictor's vote: one rule for both
+from .onnx_predict import VOTE_RULES, vote  # the exported predictor's vote: one rule for both
 
-__all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'vote', 'votes_frame', 'write_labels', 'write_votes']
+__all__ = ['FoldModel', 'load_fold_models', 'predict_folds', 'VOTE_RULES', 'check_vote_rule', 'vote', 'votes_frame', 'write_labels', 'write_votes']
 
 
 class FoldModel:
@@ -61,12 +61,18 @@ def predict_folds(models, images, tta=4, progress=None, seed=TTA_SEED):
     return probs, votes
 
 
-def votes_frame(names, models, probs, votes):
-    "One row per image: its name, each fold's probability and vote, the mean probability and the final label."
+def check_vote_rule(rule):
+    "`rule` where it names a vote rule (`VOTE_RULES`); else one `TheraError` listing them."
+    if rule not in VOTE_RULES: raise TheraError(f"must be one of {', '.join(VOTE_RULES)} (got {rule!r})", param='vote')
+    return rule
+
+
+def votes_frame(names, models, probs, votes, rule=COMMAND_DEFAULTS['vote']):
+    "One row per image: its name, each fold's probability and vote, the mean probability and the final label by `rule`."
     cols = {'image': list(names)}
     cols.update({f"prob_fold{m.fold}": p for m, p in zip(models, probs)})
     cols.update({f"vote_fold{m.fold}": v for m, v in zip(models, votes)})
-    cols.update(mean_prob=probs.mean(0), label=vote(probs, [m.threshold for m in models]).astype(np.int8))
+    cols.update(mean_prob=probs.mean(0), label=vote(probs, [m.threshold for m in models], rule).astype(np.int8))
     return pd.DataFrame(cols)
 
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .ensemble import load_fold_models
+from .ensemble import VOTE_RULES, check_vote_rule, load_fold_models
+from ..config import COMMAND_DEFAULTS as _C
 from ..files import atomic_folder, atomic_write, write_json
 
 __all__ = ['OnnxFold', 'export_run']
@@ -28,14 +29,16 @@ class OnnxFold(nn.Module):
 def export_run(run,  # A thera-fit run folder
                out,  # Folder to write fold<k>.onnx, ensemble.json and predict.py into
                partial:bool=False,  # Export the finished folds when some are missing
+               vote:str=_C['vote'],  # How the folds decide: soft (the mean probability at the mean threshold) or hard (the majority)
               ):
     """Exports every fold of `run` to ONNX in fp32 (no TTA); returns the manifest written as ensemble.json. The folder is
     written beside `out` and renamed onto it whole: an interrupted or failed export leaves no part of one."""
+    check_vote_rule(vote)
     models, run_info = load_fold_models(run, device='cpu', partial=partial, precision='fp32')
-    with atomic_folder(out, 'export') as tmp: return _write_export(models, run_info, tmp)
+    with atomic_folder(out, 'export') as tmp: return _write_export(models, run_info, tmp, vote)
 
 
-def _write_export(models, run_info, out):
+def _write_export(models, run_info, out, rule):
     folds = []
     for m in models:
         net = OnnxFold(m.learn.model.float().eval().to(memory_format=torch.contiguous_format), m.learn.fold_info['stats']).eval()
@@ -46,7 +49,7 @@ def _write_export(models, run_info, out):
         folds.append(dict(fold=m.fold, file=name, threshold=m.threshold))
     manifest = dict(run_id=run_info['run_id'], arch=run_info['config']['arch'], image_size=run_info['config']['image_size'],
                     input='uint8 (N, H, W, 3) RGB', output='P(class 1: clean face)', tta=0, folds=folds,
-                    vote='majority of the folds at their own thresholds; a tie goes to the mean of (prob - threshold)')
+                    vote_rule=rule, vote=VOTE_RULES[rule])
     write_json(out/'ensemble.json', manifest)
     shutil.copyfile(Path(__file__).with_name('onnx_predict.py'), out/'predict.py')
     return manifest

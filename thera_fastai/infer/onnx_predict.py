@@ -4,8 +4,9 @@
     python predict.py EXPORT_DIR IMAGES [--out label_val.txt] [--votes votes.csv]
 
 IMAGES is a folder of JPEGs, a folder or zip holding val_img/, or any zip of JPEGs. Each fold model
-gives P(clean face) (normalization and sigmoid are inside the ONNX graph, no TTA), each fold votes at
-its own threshold, the majority wins, a tie goes to the mean margin over the thresholds.
+gives P(clean face) (normalization and sigmoid are inside the ONNX graph, no TTA) and the folds vote by the export's
+rule: soft, the mean margin over the folds' thresholds (the mean probability at the mean threshold), or hard, the
+majority of the folds' votes at their own thresholds, a tie going to the mean margin.
 
 Bad input (a missing folder, an unreadable image, an output folder that does not exist) is one line on stderr and
 exit code 2, checked before any prediction where it can be; the label file and the votes CSV are written whole or
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ['IMAGE_EXTS', 'natural_key', 'is_image_name', 'load_ensemble', 'list_images', 'read_images', 'predict', 'vote', 'votes_rows', 'main', 'BadInput']
+__all__ = ['IMAGE_EXTS', 'natural_key', 'is_image_name', 'load_ensemble', 'list_images', 'read_images', 'predict', 'VOTE_RULES', 'vote', 'votes_rows', 'main', 'BadInput']
 
 
 class BadInput(Exception):
@@ -89,11 +90,13 @@ def load_ensemble(folder):
         files, size = [folder/f['file'] for f in manifest['folds']], tuple(int(v) for v in manifest['image_size'])
         assert files and len(size) == 3
     except (KeyError, TypeError, ValueError, AssertionError): _fail(f"{folder/'ensemble.json'}: lacks folds (file, threshold) or image_size")
+    rule = manifest.get('vote_rule', 'hard')
+    if rule not in VOTE_RULES: _fail(f"{folder/'ensemble.json'}: unknown vote rule {rule!r} (this predictor knows {', '.join(VOTE_RULES)})")
     runners = []
     for f in files:
         try: runners.append(ort.InferenceSession(str(f), providers=['CPUExecutionProvider']))
         except Exception as e: _fail(f"{f}: not a readable ONNX model ({type(e).__name__})")
-    return runners, dict(manifest, image_size=size, thresholds=thresholds)
+    return runners, dict(manifest, image_size=size, thresholds=thresholds, vote_rule=rule)
 
 
 def predict(runners, images, bs=512):
@@ -102,11 +105,21 @@ def predict(runners, images, bs=512):
                      for s in runners]).astype(np.float64)
 
 
-def vote(probs, thresholds):
-    "Majority of the folds' votes at their own thresholds; a tie goes to the mean margin over the thresholds."
+# How the folds' probabilities become one label (the package's default: config.COMMAND_DEFAULTS['vote']); exports
+# written before the rule was recorded in ensemble.json voted hard.
+VOTE_RULES = {'soft': "the mean of the folds' (prob - threshold) >= 0: the mean probability at the mean threshold",
+              'hard': "majority of the folds at their own thresholds; a tie goes to the mean of (prob - threshold)"}
+
+
+def vote(probs, thresholds, rule):
+    """Each image's 0/1 label from the (K, N) probabilities of K folds and their thresholds, by `rule` (`VOTE_RULES`):
+    soft, the mean margin over the thresholds is at least 0; hard, the majority of the folds' own votes, a tie going to
+    the mean margin."""
+    if rule not in VOTE_RULES: raise ValueError(f"vote rule must be one of {', '.join(VOTE_RULES)} (got {rule!r})")
     thresholds = np.asarray(thresholds, dtype=np.float64)[:, None]
     share, margin = (probs >= thresholds).mean(0), (probs - thresholds).mean(0)
-    return np.where(share > 0.5, 1, np.where(share < 0.5, 0, (margin >= 0).astype(int)))
+    soft = (margin >= 0).astype(int)
+    return soft if rule == 'soft' else np.where(share > 0.5, 1, np.where(share < 0.5, 0, soft))
 
 
 def votes_rows(names, folds, probs, thresholds, labels):
@@ -157,7 +170,7 @@ def main(argv=None):
         read, names = list_images(a.images)
         if not names: _fail(f"{a.images}: no JPEG images")
         probs = predict(runners, read_images(read, names, manifest['image_size']))
-        labels = vote(probs, manifest['thresholds'])
+        labels = vote(probs, manifest['thresholds'], manifest['vote_rule'])
         if votes_path: _write_whole(votes_path, votes_rows(names, [f['fold'] for f in manifest['folds']], probs, manifest['thresholds'], labels))
         _write_whole(out, ''.join(f"{v}\n" for v in labels))
     except BadInput as e:
