@@ -69,19 +69,21 @@ def score(probs, models, targs, rows, n_boot=N_BOOT, against=None):
     mean, mean_at = probs.mean(0), float(np.mean(thresholds))
     decided = vote(probs, thresholds, 'hard').astype(float)  # 0/1: compared at 0.5
     groups = rows % 2
-    named = {f"member {m.fold}": (p, m.threshold) for p, m in zip(probs, models)}
-    named.update({'hard vote': (decided, 0.5), 'soft vote (thera-predict)': (mean, mean_at), 'mean probability at 0.5': (mean, 0.5)})
-    predictors = pd.DataFrame([dict(predictor=name, threshold=t, **{k: v for k, v in error_rates(p, targs, t).items() if k in ('hter', 'far', 'frr')},
-                                    auc=error_rates(mean if p is decided else p, targs)['auc'],
-                                    hter_cross_fitted=np.nan if p is decided else cross_fitted_hter_of(p, targs, groups))
-                               for name, (p, t) in named.items()]
+    members, hard, soft = [f"member {m.fold}" for m in models], 'hard vote', 'soft vote (thera-predict)'
+    named = dict(zip(members, zip(probs, thresholds)))
+    named.update({hard: (decided, 0.5), soft: (mean, mean_at), 'mean probability at 0.5': (mean, 0.5)})
+    def row(name, p, t):
+        rates = error_rates(p, targs, t)
+        return dict(predictor=name, threshold=t, hter=rates['hter'], far=rates['far'], frr=rates['frr'],
+                    auc=error_rates(mean, targs)['auc'] if p is decided else rates['auc'],  # a vote's: that of the probabilities it votes on
+                    hter_cross_fitted=np.nan if p is decided else cross_fitted_hter_of(p, targs, groups))
+    predictors = pd.DataFrame([row(name, p, t) for name, (p, t) in named.items()]
                               + [dict(predictor=name, threshold=np.nan, hter=np.nan, far=np.nan, frr=np.nan, auc=error_rates(p, targs)['auc'],
                                       hter_cross_fitted=cross_fitted_hter_of(p, targs, groups)) for name, p in (against or {}).items()])
-    vote_name, mean_name = list(named)[len(models)], list(named)[len(models) + 1]
-    pairs = [(f"member {m.fold}", name) for name in (vote_name, mean_name) for m in models] + [(vote_name, mean_name)]
+    pairs = [(member, vote_name) for vote_name in (hard, soft) for member in members] + [(hard, soft)]
     diffs = [dict(baseline=a, candidate=b, thresholds='own', **paired_difference(named[a][0], named[b][0], targs, n_boot=n_boot, thresholds=(named[a][1], named[b][1])))
              for a, b in pairs]
-    best = min((f"member {m.fold}" for m in models), key=lambda n: cross_fitted_hter_of(named[n][0], targs, groups))
+    best = predictors.set_index('predictor').loc[members, 'hter_cross_fitted'].idxmin()
     diffs += [dict(baseline=name, candidate='mean probability', thresholds='cross-fitted', **paired_difference(p, mean, targs, groups, n_boot))
               for name, p in [(best, named[best][0]), *(against or {}).items()]]
     differences = pd.DataFrame(diffs)
