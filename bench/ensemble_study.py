@@ -7,10 +7,11 @@ In a K-fold run every row was seen by K-1 of the K models, so the ensemble canno
 out-of-fold rows. This study holds out fold 0 of the usual 5-fold split (20,000 rows no member ever
 sees), trains `--members` fold models on an inner stratified K-fold of the other 80,000 rows exactly as
 `thera-fit` would (each with its threshold picked on its own inner out-of-fold rows), and scores on the
-held-out rows: each member alone, the hard vote (the majority at the members' thresholds), the soft vote (the mean
-probability at the mean of the members' thresholds: what `thera-predict` does) and the mean probability at 0.5, each
-also cross-fitted on the held-out rows as thera-compare scores a run; then the paired intervals of each vote against
-each member, of the soft vote against the hard one, and of the mean probability against the best member. `--out` gets the tables as predictors.csv and
+held-out rows: each member alone, the hard vote (the majority at the members' thresholds), the soft vote (the
+mean probability at the mean of the members' thresholds: what `thera-predict` does) and the mean probability at
+0.5, each also cross-fitted on the held-out rows as thera-compare scores a run; then the paired intervals of each
+vote against each member, of the soft vote against the hard one, and of the mean probability against the best
+member (and against single runs' fold 0: `--against`). `--out` gets the tables as predictors.csv and
 differences.csv (`--table OUT` prints them again) and the held-out probabilities. `--budget 10m` gives each member
 thera-fit's time budget in place of epochs. Finished members are
 reused when the script is rerun with the same arguments; `--only 3,4` trains just those members and stops, so
