@@ -15,7 +15,12 @@ member (and against single runs' fold 0: `--against`). `--out` gets the tables a
 differences.csv (`--table OUT` prints them again) and the held-out probabilities. `--budget 10m` gives each member
 thera-fit's time budget in place of epochs. Finished members are
 reused when the script is rerun with the same arguments; `--only 3,4` trains just those members and stops, so
-that members can train on several cores or machines at once before one run without it scores them all."""
+that members can train on several cores or machines at once before one run without it scores them all.
+`--audit` also writes cleanlab's flags in thera-audit's columns: `label_issues.csv` on the 80,000 training rows from
+the members' inner out-of-fold probabilities (no model of that audit saw the held-out rows, so a fold trained with
+`thera-fit --exclude OUT/label_issues.csv` is still scored honestly on them), and `held_out_issues.csv` on the
+held-out rows from the members' mean probability (`noise_study.py --issues` scores runs on the rows it leaves), and
+`train_probs.csv`, the training rows' inner out-of-fold probabilities as a teacher table (`thera-fit --distill`)."""
 import argparse, time, warnings
 from pathlib import Path
 
@@ -29,11 +34,13 @@ from thera_fastai.data.loaders import fold_splits  # noqa: E402
 from thera_fastai.files import short_hash  # noqa: E402
 from thera_fastai.infer.ensemble import FoldModel, predict_folds, vote  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
+from thera_fastai.analysis.label_audit import ISSUE_COLUMNS, find_label_issues  # noqa: E402
 from thera_fastai.analysis.paired import N_BOOT, cross_fitted_hter_of, paired_difference, verdict  # noqa: E402
 from thera_fastai.data.source import open_dataset  # noqa: E402
 from thera_fastai.config import FitConfig, Runtime  # noqa: E402
 from thera_fastai.data.loaders import sample_rows  # noqa: E402
 from thera_fastai.train.learner import load_fold_learner  # noqa: E402
+from thera_fastai.train.levers import unsmoothed  # noqa: E402
 from thera_fastai.runs import fold_done, read_oof  # noqa: E402
 from thera_fastai.train.sizing import size_for_budget  # noqa: E402
 from thera_fastai.train.training import train_fold  # noqa: E402
@@ -92,6 +99,23 @@ def score(probs, models, targs, rows, n_boot=N_BOOT, against=None):
     return predictors, differences
 
 
+def write_audits(out, models, names, held_out, targs, probs, smoothing):
+    """cleanlab's label issues (thera-audit's columns) among the rows the members trained on, each scored by the member
+    that held it out (`label_issues.csv`, for `thera-fit --exclude`), and among the held-out rows, scored by the
+    members' mean probability (`held_out_issues.csv`, for `noise_study.py --issues`); no member saw the held-out rows.
+    `train_probs.csv` holds those training rows' probabilities with the members' label `smoothing` taken out: a
+    teacher table (`thera-fit --distill`)."""
+    train = pd.concat([pd.read_csv(Path(out)/f"member{m.fold}"/'oof.csv').assign(fold=m.fold) for m in models], ignore_index=True)
+    pd.DataFrame(dict(row=train['row'], prob=unsmoothed(train['prob_tta'], smoothing))).to_csv(Path(out)/'train_probs.csv', index=False, float_format='%.6g')
+    held = pd.DataFrame(dict(row=held_out, label=targs, prob_tta=probs.mean(0), fold=-1))
+    for oof, file, what in ((train, 'label_issues.csv', 'training'), (held, 'held_out_issues.csv', 'held-out')):
+        issues = find_label_issues(oof, names)
+        issues[ISSUE_COLUMNS].to_csv(Path(out)/file, index=False, float_format='%.6g')
+        counts = issues['label'].value_counts()
+        print(f"label audit of the {len(oof):,} {what} rows: {len(issues):,} flagged ({counts.get(0, 0):,} labelled 0, "
+              f"{counts.get(1, 0):,} labelled 1) -> {Path(out)/file}")
+
+
 def against_runs(runs, held_out):
     "{run folder name: its fold 0's TTA probabilities of the held-out rows, in their order}; one clear error where a run did not score them all."
     probs = {}
@@ -129,6 +153,7 @@ def main():
     ap.add_argument('--only', default=None, help='comma-separated members to train, then stop without scoring')
     ap.add_argument('--against', default=None, help="comma-separated thera-fit runs of the same data and seed whose fold 0 the mean probability is compared with")
     ap.add_argument('--n-boot', type=int, default=N_BOOT, help='resamples of each paired interval')
+    ap.add_argument('--audit', action='store_true', help="also write label_issues.csv and held_out_issues.csv: cleanlab's flags on the training rows (the members' inner out-of-fold probabilities) and on the held-out rows (their mean); train_probs.csv: the former as a teacher table")
     ap.add_argument('--table', default=None, help="print the tables of a finished study's --out folder from its CSV files and stop")
     a = ap.parse_args()
     if a.table: print(markdown(*(pd.read_csv(Path(a.table)/f) for f in TABLES)), end=''); return
@@ -151,6 +176,7 @@ def main():
     print(f"\n{a.members} members, {steps} each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
           f"scored on {len(held_out):,} held-out rows (TTA {a.tta})\n")
     pd.DataFrame({'row': held_out, 'label': targs, **{f"prob_member{m.fold}": p for m, p in zip(models, probs)}}).to_csv(out/'held_out_probs.csv', index=False)
+    if a.audit: write_audits(out, models, ds.train.names, held_out, targs, probs, cfg.label_smoothing)
     against = against_runs(a.against.split(','), held_out) if a.against else None
     tables = score(probs, models, targs, held_out, a.n_boot, against)
     for frame, name in zip(tables, TABLES): frame.to_csv(out/name, index=False)

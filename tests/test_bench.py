@@ -102,9 +102,21 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     assert differences['diff'][0] == pytest.approx(vote_row['hter'] - member0['hter'])  # the vote minus member 0, at their own thresholds
     reprinted = study('--table', str(tmp_path/'ens'))
     assert reprinted.stdout in first.stdout
-    again = study()
-    assert again.returncode == 0 and trained(again.stdout) == []
+    again = study('--audit')
+    assert again.returncode == 0 and trained(again.stdout) == [], again.stderr[-2000:]
     assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
+    # the audit: cleanlab on the members' inner out-of-fold rows, which are the training rows and none of the held-out ones
+    inner = pd.concat([pd.read_csv(tmp_path/'ens'/f'member{k}'/'oof.csv') for k in (0, 1)])
+    assert inner['row'].is_unique and not set(inner['row']) & set(held['row'])
+    issues = pd.read_csv(tmp_path/'ens'/'label_issues.csv')
+    from thera_fastai.analysis.label_audit import ISSUE_COLUMNS
+    assert list(issues.columns) == ISSUE_COLUMNS and set(issues['row']) <= set(inner['row'])
+    labels = inner.set_index('row')['label']
+    assert (issues['label'].to_numpy() == labels.loc[issues['row']].to_numpy()).all()
+    assert f"{len(inner):,} training rows: {len(issues):,} flagged" in again.stdout
+    held_issues = pd.read_csv(tmp_path/'ens'/'held_out_issues.csv')
+    assert list(held_issues.columns) == ISSUE_COLUMNS and set(held_issues['row']) <= set(held['row'])
+    assert f"{len(held):,} held-out rows: {len(held_issues):,} flagged" in again.stdout
     import thera_fastai as tf
     tf.fit(tiny_zip, tmp_path/'single', fold=0, folds=5, arch='simple', epochs=1, tta=0, threads=1, log=lambda *_: None)
     against = study('--against', str(tmp_path/'single'))
@@ -114,6 +126,20 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     single = cross_fitted_hter_of(oof['prob_tta'].to_numpy(), held['label'].to_numpy(), held['row'].to_numpy() % 2)
     mean = cross_fitted_hter_of(held.filter(like='prob_member').mean(axis=1).to_numpy(), held['label'].to_numpy(), held['row'].to_numpy() % 2)
     assert differences.loc['single', 'diff'] == pytest.approx(mean - single)  # the members' mean against the single run's fold 0, on the same rows
+    # noise_study scores the single run on all held-out rows and on those the members' audit leaves
+    noise = subprocess.run([sys.executable, str(script.parent/'noise_study.py'), '--issues', str(tmp_path/'ens'/'held_out_issues.csv'),
+                            '--fold', '0', '--out', str(tmp_path/'noise.csv'), str(tmp_path/'single')], capture_output=True, text=True)
+    assert noise.returncode == 0, noise.stderr[-2000:]
+    from thera_fastai.analysis.report import cross_fitted_hter
+    from thera_fastai.runs import read_oof
+    fold0 = read_oof(tmp_path/'single', [0])
+    kept = ~fold0['row'].isin(held_issues['row']).to_numpy()
+    row = pd.read_csv(tmp_path/'noise.csv').iloc[0]
+    assert row['hter_all'] == pytest.approx(cross_fitted_hter(fold0)) and row['rows_not_flagged'] == kept.sum()
+    assert row['hter_not_flagged'] == pytest.approx(cross_fitted_hter(fold0, kept))
+    assert row['flagged_label0'] + row['flagged_label1'] == len(held_issues)
+    reprinted = subprocess.run([sys.executable, str(script.parent/'noise_study.py'), '--table', str(tmp_path/'noise.csv')], capture_output=True, text=True)
+    assert reprinted.returncode == 0 and reprinted.stdout == noise.stdout
     tf.fit(tiny_zip, tmp_path/'other', fold=0, folds=5, arch='simple', epochs=1, tta=0, threads=1, seed=7, log=lambda *_: None)
     refused = study('--against', str(tmp_path/'other'))
     assert refused.returncode != 0 and 'did not score' in refused.stderr.strip().splitlines()[-1]

@@ -39,9 +39,10 @@ def _study_tables():
     import sys
     import pandas as pd
     sys.path.insert(0, str(ROOT/'bench'))
-    import ensemble_study, method_study
+    import ensemble_study, method_study, noise_study
     studies = [(p, method_study.study_markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('*.csv'))
                if p.name.startswith(('study_', 'method_study', 'pseudo_'))]
+    studies += [(p, noise_study.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('noise_*.csv'))]
     studies += [(d, ensemble_study.markdown(*(pd.read_csv(d/f) for f in ensemble_study.TABLES)))
                 for d in sorted((ROOT/'docs').glob('ensemble_*')) if d.is_dir()]
     return studies
@@ -50,4 +51,4 @@ def _study_tables():
 def test_every_study_table_in_the_results_is_what_its_csv_generates():
     results, studies = (ROOT/'docs'/'results.md').read_text(), _study_tables()
     stale = [p.name for p, table in studies if table.strip() not in results]
-    assert len(studies) >= 19 and not stale, f"docs/results.md tables differ from their CSV: {stale}"
+    assert len(studies) >= 22 and not stale, f"docs/results.md tables differ from their CSV: {stale}"

@@ -88,6 +88,48 @@ def test_distillation_refuses_a_teacher_that_trained_on_the_held_out_rows(data, 
         tf.fit(data, tmp_path/'student2', fold=0, epochs=1, distill=str(tmp_path), **FIT)
 
 
+class _SeenRows(Callback):
+    "Records each training batch's cache rows and the targets it trains on."
+    order = 50
+    def __init__(self): self.rows, self.targets = [], []
+    def before_batch(self):
+        if not self.training: return
+        self.rows.append(np.asarray(getattr(self.dl, 'dl', self.dl).batch_rows).copy())
+        self.targets.append(self.learn.yb[0].detach().float().numpy().copy())
+
+
+def test_distillation_from_a_teacher_table_trains_on_its_probabilities_of_training_rows_only(data, tmp_path):
+    "A CSV of row, prob: the rows it lists train on its probability, the others on their labels; it may not list a held-out row."
+    images, labels, tr, va = tf.fold_rows(data, tf.FitConfig(arch='simple', folds=2, epochs=1, bs=16, tta=0), 0)
+    labels, listed = np.asarray(labels), tr[::2]
+    probs = np.random.default_rng(0).uniform(0.05, 0.95, len(listed)).round(4)
+    pd.DataFrame(dict(row=listed, prob=probs)).to_csv(tmp_path/'teacher.csv', index=False)
+    seen = _SeenRows()
+    s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher.csv'), distill_weight=1.0, cbs=[seen], **FIT)
+    rows, targets = np.concatenate(seen.rows), np.concatenate(seen.targets)
+    assert np.isin(rows, listed).any() and (~np.isin(rows, listed)).any()
+    by_row = dict(zip(listed.tolist(), probs))
+    assert np.allclose(targets, [by_row.get(r, labels[r]) for r in rows.tolist()], atol=1e-6)  # the table's probability, else the label
+    (tmp_path/'moved.csv').write_bytes((tmp_path/'teacher.csv').read_bytes())  # the same table elsewhere: the same run
+    assert tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'moved.csv'), distill_weight=1.0, **FIT)['run_id'] == s['run_id']
+    pd.DataFrame(dict(row=listed, prob=probs[::-1])).to_csv(tmp_path/'moved.csv', index=False)
+    with pytest.raises(TheraError, match='another config'):
+        tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'moved.csv'), distill_weight=1.0, **FIT)
+    pd.DataFrame(dict(row=np.r_[listed, va[:1]], prob=np.r_[probs, 0.5])).to_csv(tmp_path/'leaky.csv', index=False)
+    with pytest.raises(TheraError, match="lists 1 of this fold's held-out rows"):
+        tf.fit(data, tmp_path/'leaky', fold=0, epochs=1, distill=str(tmp_path/'leaky.csv'), **FIT)
+    assert not (tmp_path/'leaky'/'fold0'/'model.safetensors').exists()
+    with pytest.raises(TheraError, match="held-out rows"):  # both folds: fold 1 holds out the rows the table lists, refused before fold 0 trains
+        tf.fit(data, tmp_path/'both', epochs=1, distill=str(tmp_path/'teacher.csv'), **FIT)
+    assert not (tmp_path/'both'/'fold0').exists()
+    for text, message in (('row,prob\n0,1.5\n', "'prob' is not a probability"), ('row,p\n0,0.5\n', "needs 'row' and 'prob' columns"),
+                          ('row,prob\n0,0.5\n0,0.4\n', 'lists a row twice'), (f'row,prob\n{len(labels)},0.5\n', 'not a row number below')):
+        (tmp_path/'bad.csv').write_text(text)
+        with pytest.raises(TheraError, match=message):
+            tf.fit(data, tmp_path/'bad', fold=0, epochs=1, distill=str(tmp_path/'bad.csv'), **FIT)
+        assert not (tmp_path/'bad'/'fold0').exists()
+
+
 def test_soft_bootstrapping_blends_the_label_with_the_models_own_probability():
     logits = torch.tensor([2.0, -1.0, 0.5], requires_grad=True)
     labels = torch.tensor([0, 1, 1])

@@ -136,7 +136,7 @@ def fit(
     bootstrap:float = _D.bootstrap, # Soft bootstrapping against label noise: BCE target = b*label + (1-b)*own probability
     mixup:float = _D.mixup, # MixUp: each training image and its target blended with another of its batch, weight ~ Beta(a, a) (e.g. 0.4)
     exclude:str = _D.exclude, # File of rows or image names to leave out of training (e.g. thera-audit's label_issues.csv)
-    distill:str = _D.distill, # Teacher run folder (same folds and seed): its fold model's probabilities become soft targets
+    distill:str = _D.distill, # Teacher: a run folder (same folds and seed), whose fold model's probabilities become soft targets, or a CSV of `row`,`prob` for training rows only
     distill_weight:float = _D.distill_weight, # Weight of the teacher's probability in the soft target
     pseudo:str = _D.pseudo, # Teacher run folder (same folds and seed): its fold model labels the val_img/ images, which join training
     pseudo_confidence:float = _D.pseudo_confidence, # Keep a val_img/ image when the teacher's max(p, 1-p) is at least this

@@ -118,7 +118,7 @@ class FitConfig:
     bootstrap: float = None  # Soft bootstrapping (Reed et al. 2015): BCE target = b * label + (1 - b) * the model's own probability
     mixup: float = None  # MixUp (Zhang et al. 2018) with this Beta(a, a) (e.g. 0.4): each training image and its target blended with another of its batch
     exclude: str = None  # File of rows or image names to leave out of training (a thera-audit label_issues.csv works)
-    distill: str = None  # Teacher run folder: its fold model's TTA probabilities become soft targets
+    distill: str = None  # Teacher run folder (its fold model's probabilities become soft targets) or teacher table (CSV of row, prob)
     distill_weight: float = 0.5  # Weight of the teacher's probability in the soft target (the label has the rest)
     pseudo: str = None  # Teacher run folder: its fold model labels the unlabelled val_img/ images, which join the training rows
     pseudo_confidence: float = 0.9  # Keep a val_img/ image when the teacher's max(p, 1 - p) is at least this

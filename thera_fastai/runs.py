@@ -12,7 +12,7 @@ from .config import IMAGE_SHAPE, FitConfig, command_line, library_versions
 from .errors import TheraError
 from .files import atomic_write, clean_stale_temps, create_exclusive, file_hash, read_json, short_hash
 
-__all__ = ['RUN_FILE', 'FOLD_FILE', 'WEIGHTS_FILE', 'FOLD_FILES', 'read_history', 'check_fold_info', 'run_id', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
+__all__ = ['RUN_FILE', 'FOLD_FILE', 'WEIGHTS_FILE', 'FOLD_FILES', 'read_history', 'check_fold_info', 'run_id', 'teacher_identity', 'run_record', 'open_run', 'claim_run', 'run_data', 'fold_dir', 'fold_done', 'finished_folds',
            'fold_lock', 'read_oof', 'write_oof']
 
 RUN_FILE, FOLD_FILE, WEIGHTS_FILE = 'config.json', 'fold.json', 'model.safetensors'
@@ -32,12 +32,13 @@ MUON_KEYS = ('muon', 'muon_lr', 'muon_momentum')  # airbench settings left out o
 
 def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
-    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by its run id (a distilling run's with how its targets are made), the
+    Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by `teacher_identity` (a distilling run's with how its targets are made), the
     pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, and
     without Muon its settings, and `resolution`, `mixup` and `balance_strength` where they are unset (full size, no MixUp, full balance), so the ids of runs written before they existed still hold."""
     identity = cfg.to_dict()
     if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
-    if cfg.distill is not None: identity['distill'] = [teacher_id, 'unsmoothed']  # targets mapped back from the teacher's smoothing
+    if cfg.distill is not None:  # a run's targets are mapped back from its smoothing; a table's are used as they are
+        identity['distill'] = [teacher_id, 'as listed' if teacher_id.startswith(TABLE_ID) else 'unsmoothed']
     if identity.get('hyp') and not identity['hyp'].get('muon'): identity['hyp'] = {k: v for k, v in identity['hyp'].items() if k not in MUON_KEYS}
     for k in ('resolution', 'mixup', 'balance_strength'):
         if getattr(cfg, k) is None: identity.pop(k)
@@ -47,11 +48,19 @@ def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     return short_hash(identity, dkey)
 
 
+TABLE_ID = 'table-'  # a teacher table's identity: this and the hash of its bytes
+
+
+def teacher_identity(teacher):
+    "A teacher's identity in its student's run id: a run folder's run id, or a teacher table's content hash (not its path)."
+    return TABLE_ID + file_hash(teacher) if Path(teacher).is_file() else open_run(teacher)['run_id']
+
+
 def run_record(cfg, ds, rows, dkey):
     "What `config.json` holds."
     from .data.cache import source_key
     teacher = cfg.distill or cfg.pseudo
-    teacher_id = open_run(teacher)['run_id'] if teacher is not None else None
+    teacher_id = None if teacher is None else teacher_identity(teacher)
     unlabeled_key = source_key(ds.val) if cfg.pseudo is not None else None
     return dict(run_id=run_id(cfg, dkey, teacher_id, unlabeled_key), config=cfg.to_dict(), data_key=dkey, data=str(Path(ds.path).resolve()),
                 n_images=len(rows), versions=library_versions(), command=command_line())

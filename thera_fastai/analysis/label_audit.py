@@ -12,7 +12,10 @@ from ..metrics import chance_warning, error_rates
 from .report import cross_fitted_hter, run_summary
 from ..runs import open_run, run_data
 
-__all__ = ['find_label_issues', 'noise_estimate', 'label_audit', 'audit_markdown', 'suspect_grids', 'write_audit']
+__all__ = ['ISSUE_COLUMNS', 'find_label_issues', 'noise_estimate', 'label_audit', 'audit_markdown', 'suspect_grids', 'write_audit']
+
+
+ISSUE_COLUMNS = ['name', 'row', 'label', 'p_clean', 'p_label', 'quality', 'rank']  # label_issues.csv, which thera-fit --exclude reads
 
 
 def _pred_probs(p1): return np.stack([1 - p1, p1], 1)
@@ -131,8 +134,7 @@ def write_audit(run, out=None, data=None, n=_C['audit_n'], cache=None, device=_C
     from ..data.source import open_dataset
     a, issues = label_audit(run, data)
     out = make_folder(out or Path(run)/'audit', 'audit output')
-    cols = ['name', 'row', 'label', 'p_clean', 'p_label', 'quality', 'rank']
-    atomic_write(out/'label_issues.csv', lambda tmp: issues[cols].to_csv(tmp, index=False, float_format='%.6g'))
+    atomic_write(out/'label_issues.csv', lambda tmp: issues[ISSUE_COLUMNS].to_csv(tmp, index=False, float_format='%.6g'))
     write_json(out/'audit.json', a)
     text = audit_markdown(a)
     atomic_write(out/'audit.md', lambda tmp: tmp.write_text(text))

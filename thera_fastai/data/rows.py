@@ -1,5 +1,5 @@
 """The rows a run trains on: the dataset and its decoded images, the stratified sample, the rows a file leaves out of
-training, and a fold's training and held-out rows as the fit made them."""
+training, a teacher table's probabilities by row, and a fold's training and held-out rows as the fit made them."""
 import io
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from .folds import data_key, fold_train_rows, sample_rows
 from ..runs import open_run
 from .source import open_dataset
 
-__all__ = ['read_row_list', 'prepare_data', 'fold_rows']
+__all__ = ['read_row_list', 'read_teacher_table', 'prepare_data', 'fold_rows']
 
 
 def read_row_list(path, names):
@@ -37,13 +37,32 @@ def read_row_list(path, names):
     return np.unique(np.asarray(rows, dtype=np.int64))
 
 
+def read_teacher_table(path, n_rows):
+    """(rows, probabilities) of a teacher table: a CSV with a `row` column (0-based label rows, each once, below
+    `n_rows`) and a `prob` column (P(clean face), used as it is: no smoothing is taken out). One clear line otherwise."""
+    path = Path(path)
+    try: frame = pd.read_csv(path)
+    except (OSError, ValueError, UnicodeDecodeError) as e: raise TheraError(f"not a readable CSV teacher table ({e})", path) from None
+    if missing := sorted({'row', 'prob'} - set(frame.columns)):
+        raise TheraError(f"a teacher table needs 'row' and 'prob' columns (no {', '.join(map(repr, missing))})", path)
+    rows, probs = (pd.to_numeric(frame[c], errors='coerce').to_numpy(np.float64) for c in ('row', 'prob'))
+    bad = ~np.isfinite(rows) | (rows < 0) | (rows >= n_rows) | (rows != np.round(rows))
+    if bad.any(): raise TheraError(f"{frame['row'].astype(str).iloc[bad.argmax()]!r} in column 'row' is not a row number below {n_rows}", path)
+    ok = np.isfinite(probs) & (probs >= 0) & (probs <= 1)
+    if not ok.all(): raise TheraError(f"{frame['prob'].astype(str).iloc[(~ok).argmax()]!r} in column 'prob' is not a probability in [0, 1]", path)
+    rows = rows.astype(np.int64)
+    if len(np.unique(rows)) < len(rows): raise TheraError("lists a row twice", path)
+    return rows, probs.astype(np.float32)
+
+
 def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
     """The dataset, its decoded images, the rows `cfg` uses, the rows it leaves out of training (`cfg.exclude`)
     and their data key; checks `cfg` against the data."""
     ds = open_dataset(data, need_val=cfg.pseudo is not None)
     excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
-    for teacher in (cfg.distill, cfg.pseudo):
-        if teacher is not None: open_run(teacher)
+    if cfg.distill is not None and Path(cfg.distill).is_file(): read_teacher_table(cfg.distill, len(ds.labels))  # before any fold trains
+    elif cfg.distill is not None: open_run(cfg.distill)
+    if cfg.pseudo is not None: open_run(cfg.pseudo)
     images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
     rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
     return ds, images, rows, excluded, data_key(source_key(ds.train), ds.labels, rows, excluded)

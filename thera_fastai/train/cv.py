@@ -1,6 +1,7 @@
 """Stratified K-fold cross-validation: each fold's fit in turn (or one fold, or the folds another process left),
 then the run's report from what is on disk."""
 from contextlib import nullcontext
+from pathlib import Path
 
 
 from ..config import AUTO_WIDTHS, FitConfig, Runtime
@@ -10,6 +11,7 @@ from ..files import clean_stale_temps, make_folder
 from ..metrics import chance_warning
 from ..models import check_start_weights
 from .callbacks import checkpoints
+from .levers import table_probs
 from ..progress import labelled_bar
 from .distributed import barrier, is_main, start_process_group, world_size
 from ..analysis.report import run_summary, write_run_report
@@ -37,6 +39,7 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
     if cfg.widths != AUTO_WIDTHS: check_start_weights(cfg.arch, **cfg.model_kwargs())  # (auto: the airbench net, no start weights)
     ds, images, rows, excluded, dkey = prepare_data(data, cfg, cache, labelled_bar('decode') if bars else None, runtime.threads, log)
     fold_splits(ds.labels[rows], cfg.folds, cfg.seed)  # refuses more folds than the rarer class has images, before any write
+    if cfg.distill is not None and Path(cfg.distill).is_file(): _check_teacher_table(cfg, ds.labels, rows, excluded, only_fold)
     if cfg.widths == AUTO_WIDTHS:  # timed on the first fold this process trains
         first = only_fold or 0
         cfg = size_for_budget(cfg, out, images, ds.labels, *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, first, excluded), rt, log)
@@ -62,6 +65,14 @@ def cross_validate(data, out, cfg: FitConfig, runtime=None, only_fold=None, cach
         if info and (warning := chance_warning(info['at_05']['auc'], f"fold {k}")): say(f"warning: {warning}")
     if not is_main(): return run_summary(out)[0]
     return write_run_report(out)
+
+
+def _check_teacher_table(cfg, labels, rows, excluded, only_fold):
+    "Refuses a teacher table that lists a held-out row of any fold this process trains, before any write."
+    for k in range(cfg.folds):
+        if only_fold not in (None, k): continue
+        train_rows, valid_rows = fold_train_rows(rows, labels, cfg.folds, cfg.seed, k, excluded)
+        table_probs(cfg.distill, len(labels), valid_rows, train_rows)
 
 
 def _how(rt):

@@ -7,9 +7,11 @@ import torch.nn.functional as F
 from fastai.callback.core import Callback
 from fastai.callback.mixup import MixUp
 
+from ..data.rows import read_teacher_table
 from ..errors import TheraError
 
-__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_predict', 'teacher_probs', 'unsmoothed', 'TargetMixUp', 'lever_callbacks']
+__all__ = ['ProgressiveResize', 'WeightEMA', 'SoftTargets', 'teacher_fold', 'teacher_predict', 'teacher_probs', 'table_probs', 'unsmoothed',
+           'TargetMixUp', 'lever_callbacks']
 
 
 class ProgressiveResize(Callback):
@@ -108,13 +110,30 @@ def teacher_predict(teacher, images, tta=0, compile=None):
     return unsmoothed(teacher.predict(images, tta=tta, compile=compile), teacher.learn.fold_info['config']['label_smoothing'])
 
 
-def teacher_probs(run_dir, images, valid_idx, train_idx, device='cpu'):
-    """P(class 1) of every row of `images` in `train_idx` (the rest NaN) from `teacher_fold`'s model, by
-    `teacher_predict`: the student's loss smooths its targets once, not twice."""
-    teacher = teacher_fold(run_dir, valid_idx, device)
+def teacher_probs(teacher, images, valid_idx, train_idx, device='cpu'):
+    """P(class 1) of every row of `images` in `train_idx` (the rest NaN): from `teacher_fold`'s model of run folder
+    `teacher` by `teacher_predict` (the student's loss smooths its targets once, not twice), or from the teacher
+    table `teacher` names (`table_probs`)."""
+    if Path(teacher).is_file(): return table_probs(teacher, len(images), valid_idx, train_idx)
+    model = teacher_fold(teacher, valid_idx, device)
     probs = np.full(len(images), np.nan, np.float32)
-    probs[train_idx] = teacher_predict(teacher, images[np.asarray(train_idx)])
+    probs[train_idx] = teacher_predict(model, images[np.asarray(train_idx)])
     return probs
+
+
+def table_probs(path, n_rows, valid_idx, train_idx):
+    """The teacher table's probabilities of the `train_idx` rows it lists (NaN elsewhere: those keep their labels). A
+    table that lists any held-out row is refused: a table of such rows (a K-fold run's out-of-fold one) comes from
+    models that trained on the others of them, which would carry their labels into the targets."""
+    rows, probs = read_teacher_table(path, n_rows)
+    if n_seen := len(np.intersect1d(rows, valid_idx)):
+        raise TheraError(f"lists {n_seen:,} of this fold's held-out rows: a teacher table may list training rows only "
+                         "(an inner cross-fit's out-of-fold probabilities, as bench/ensemble_study.py --audit writes)", Path(path))
+    listed = np.isin(rows, train_idx)
+    if not listed.any(): raise TheraError("lists none of this fold's training rows", Path(path))
+    out = np.full(n_rows, np.nan, np.float32)
+    out[rows[listed]] = probs[listed]
+    return out
 
 
 def lever_callbacks(cfg, soft_targets=None):
