@@ -14,11 +14,13 @@ FIT = dict(arch='simple', folds=2, bs=16, tta=0, precision='fp32', log=lambda *_
 
 
 class _Seen(Callback):
-    "Records the training batches' input sizes and targets per epoch."
+    "Records the training batches' input sizes per epoch, their targets and their cache rows (where the loader gathers them)."
     order = 50
-    def __init__(self): self.sizes, self.targets = [], []
+    def __init__(self): self.sizes, self.targets, self.rows = [], [], []
     def before_batch(self):
-        if self.training: self.sizes.append((self.epoch, self.learn.xb[0].shape[-1])); self.targets.append(self.learn.yb[0].detach().clone())
+        if not self.training: return
+        self.sizes.append((self.epoch, self.learn.xb[0].shape[-1])); self.targets.append(self.learn.yb[0].detach().clone())
+        self.rows.append(getattr(getattr(self.dl, 'dl', self.dl), 'batch_rows', None))
 
 
 def test_a_timm_model_trains_one_epoch_predicts_and_records_its_cost(data, tmp_path):
@@ -88,25 +90,15 @@ def test_distillation_refuses_a_teacher_that_trained_on_the_held_out_rows(data, 
         tf.fit(data, tmp_path/'student2', fold=0, epochs=1, distill=str(tmp_path), **FIT)
 
 
-class _SeenRows(Callback):
-    "Records each training batch's cache rows and the targets it trains on."
-    order = 50
-    def __init__(self): self.rows, self.targets = [], []
-    def before_batch(self):
-        if not self.training: return
-        self.rows.append(np.asarray(getattr(self.dl, 'dl', self.dl).batch_rows).copy())
-        self.targets.append(self.learn.yb[0].detach().float().numpy().copy())
-
-
 def test_distillation_from_a_teacher_table_trains_on_its_probabilities_of_training_rows_only(data, tmp_path):
     "A CSV of row, prob: the rows it lists train on its probability, the others on their labels; it may not list a held-out row."
     images, labels, tr, va = tf.fold_rows(data, tf.FitConfig(arch='simple', folds=2, epochs=1, bs=16, tta=0), 0)
     labels, listed = np.asarray(labels), tr[::2]
     probs = np.random.default_rng(0).uniform(0.05, 0.95, len(listed)).round(4)
     pd.DataFrame(dict(row=listed, prob=probs)).to_csv(tmp_path/'teacher.csv', index=False)
-    seen = _SeenRows()
+    seen = _Seen()
     s = tf.fit(data, tmp_path/'student', fold=0, epochs=1, distill=str(tmp_path/'teacher.csv'), distill_weight=1.0, cbs=[seen], **FIT)
-    rows, targets = np.concatenate(seen.rows), np.concatenate(seen.targets)
+    rows, targets = np.concatenate(seen.rows), torch.cat(seen.targets).float().numpy()
     assert np.isin(rows, listed).any() and (~np.isin(rows, listed)).any()
     by_row = dict(zip(listed.tolist(), probs))
     assert np.allclose(targets, [by_row.get(r, labels[r]) for r in rows.tolist()], atol=1e-6)  # the table's probability, else the label

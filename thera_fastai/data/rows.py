@@ -60,8 +60,7 @@ def prepare_data(data, cfg, cache=None, progress=None, threads=None, log=None):
     and their data key; checks `cfg` against the data."""
     ds = open_dataset(data, need_val=cfg.pseudo is not None)
     excluded = np.zeros(0, np.int64) if cfg.exclude is None else read_row_list(cfg.exclude, ds.train.names)
-    if cfg.distill is not None and Path(cfg.distill).is_file(): read_teacher_table(cfg.distill, len(ds.labels))  # before any fold trains
-    elif cfg.distill is not None: open_run(cfg.distill)
+    if cfg.distill is not None and not Path(cfg.distill).is_file(): open_run(cfg.distill)  # (a teacher table: checked against the folds, train/cv)
     if cfg.pseudo is not None: open_run(cfg.pseudo)
     images = cached_images(ds.train, cache, n_threads=threads, progress=progress, log=log)
     rows = sample_rows(ds.labels, cfg.sample, cfg.seed)
