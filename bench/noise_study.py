@@ -25,12 +25,11 @@ def scores(run, flagged, fold=None):
     if fold is not None: oof = oof[oof['fold'] == fold].reset_index(drop=True)
     flag = oof['row'].isin(flagged).to_numpy()
     decided, t = cross_fitted_decisions(oof).astype(float), oof['label'].to_numpy()
-    on = lambda mask: error_rates(decided[mask], t[mask], 0.5)
-    return dict(run=str(run), recipe=recipe_text(s['config']), rows=len(oof), hter_all=on(np.ones(len(oof), bool))['hter'],
-                rows_not_flagged=int((~flag).sum()), hter_not_flagged=on(~flag)['hter'],
-                far_not_flagged=on(~flag)['far'], frr_not_flagged=on(~flag)['frr'],
+    every, left, doubted = (error_rates(decided[m], t[m], 0.5) for m in (np.ones(len(oof), bool), ~flag, flag))
+    return dict(run=str(run), recipe=recipe_text(s['config']), rows=len(oof), hter_all=every['hter'],
+                rows_not_flagged=int((~flag).sum()), hter_not_flagged=left['hter'], far_not_flagged=left['far'], frr_not_flagged=left['frr'],
                 flagged_label0=int((flag & (t == 0)).sum()), flagged_label1=int((flag & (t == 1)).sum()),
-                far_flagged=on(flag)['far'], frr_flagged=on(flag)['frr'],
+                far_flagged=doubted['far'], frr_flagged=doubted['frr'],
                 auc=error_rates(oof['prob_tta'].to_numpy(), t)['auc'])
 
 
