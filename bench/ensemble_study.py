@@ -14,7 +14,8 @@ vote against each member, of the soft vote against the hard one, and of the mean
 member (and against single runs' fold 0: `--against`). `--out` gets the tables as predictors.csv and
 differences.csv (`--table OUT` prints them again) and the held-out probabilities. `--budget 10m` gives each member
 thera-fit's time budget in place of epochs. Finished members are
-reused when the script is rerun with the same arguments; `--only 3,4` trains just those members and stops, so
+reused when the script is rerun with the same arguments, and so are their held-out probabilities while the members'
+weights, the rows and the TTA passes are those they were predicted with; `--only 3,4` trains just those members and stops, so
 that members can train on several cores or machines at once before one run without it scores them all.
 `--audit` also writes cleanlab's flags in thera-audit's columns: `label_issues.csv` on the 80,000 training rows from
 the members' inner out-of-fold probabilities (no model of that audit saw the held-out rows, so a fold trained with
@@ -31,7 +32,7 @@ warnings.filterwarnings('ignore')
 from thera_fastai.cli import parse_duration, parse_widths  # noqa: E402
 from thera_fastai.data.cache import cached_images  # noqa: E402
 from thera_fastai.data.loaders import fold_splits  # noqa: E402
-from thera_fastai.files import short_hash  # noqa: E402
+from thera_fastai.files import atomic_write, file_hash, short_hash  # noqa: E402
 from thera_fastai.infer.ensemble import FoldModel, predict_folds, vote  # noqa: E402
 from thera_fastai.metrics import error_rates  # noqa: E402
 from thera_fastai.analysis.label_audit import ISSUE_COLUMNS, find_label_issues  # noqa: E402
@@ -41,17 +42,27 @@ from thera_fastai.config import FitConfig, Runtime  # noqa: E402
 from thera_fastai.data.loaders import sample_rows  # noqa: E402
 from thera_fastai.train.learner import load_fold_learner  # noqa: E402
 from thera_fastai.train.levers import unsmoothed  # noqa: E402
-from thera_fastai.runs import fold_done, read_oof  # noqa: E402
+from thera_fastai.runs import WEIGHTS_FILE, fold_done, read_oof  # noqa: E402
 from thera_fastai.train.sizing import size_for_budget  # noqa: E402
 from thera_fastai.train.training import train_fold  # noqa: E402
 
 
 TABLES = ('predictors.csv', 'differences.csv')
+# FitConfig fields added since members were first identified: left out while unset, so finished members are still
+# reused (as `runs.run_id` leaves them out of a run's id)
+LATER_FIELDS = ('head',)
+PROBS, PROBS_KEY = 'held_out_probs.csv', 'held_out_probs.key'
+
+
+def member_id(cfg, members):
+    "The identity of a study's members: `cfg` and the number of members; a `LATER_FIELDS` field counts only when set."
+    identity = {k: v for k, v in cfg.to_dict().items() if not (k in LATER_FIELDS and v is None)}
+    return 'ensemble-' + short_hash(identity, members)
 
 
 def train_members(images, labels, train_rows, cfg, out, members, runtime=None, only=None):
     "Fits (or reuses) one model per inner fold of `train_rows` (those in `only` alone, if given); returns them as `FoldModel`s with their thresholds."
-    run_id, runtime = 'ensemble-' + short_hash(cfg.to_dict(), members), runtime or Runtime()
+    run_id, runtime = member_id(cfg, members), runtime or Runtime()
     models = []
     for k, (inner_tr, inner_va) in enumerate(fold_splits(labels[train_rows], members, cfg.seed)):
         if only is not None and k not in only: continue
@@ -65,6 +76,25 @@ def train_members(images, labels, train_rows, cfg, out, members, runtime=None, o
             print(f"member {k}: {len(inner_tr):,} rows x {epochs} epochs in {(time.time() - t) / 60:.1f} min", flush=True)
         models.append(FoldModel(k, load_fold_learner(folder), res['threshold']))
     return models
+
+
+def held_out_probs(models, images, held_out, targs, tta, out):
+    """(members, rows) TTA probabilities of the held-out rows, and whether they were reused: read back from
+    `held_out_probs.csv` where its key (each member's weights, the rows, the TTA passes) is this study's, else
+    predicted and written, the key after the file (scoring 20,000 rows with TTA takes minutes, which a rerun that only
+    adds an audit or runs to compare against does not need)."""
+    out, columns = Path(out), [f"prob_member{m.fold}" for m in models]
+    key = short_hash(*[file_hash(out/f"member{m.fold}"/WEIGHTS_FILE) for m in models], np.asarray(held_out, np.int64).tobytes(), tta)
+    if (out/PROBS_KEY).exists() and (out/PROBS_KEY).read_text().strip() == key:
+        frame = pd.read_csv(out/PROBS)
+        if frame['row'].tolist() == list(held_out) and set(columns) <= set(frame.columns):
+            return frame[columns].to_numpy(np.float32).T, True  # float32, as predicted: the same values, the same scores
+    (out/PROBS_KEY).unlink(missing_ok=True)  # an old key never vouches for a file being rewritten
+    probs, _ = predict_folds(models, images[held_out], tta)
+    frame = pd.DataFrame({'row': held_out, 'label': targs, **dict(zip(columns, probs))})
+    atomic_write(out/PROBS, lambda tmp: frame.to_csv(tmp, index=False))
+    atomic_write(out/PROBS_KEY, lambda tmp: tmp.write_text(key + '\n'))
+    return probs, False
 
 
 def score(probs, models, targs, rows, n_boot=N_BOOT, against=None):
@@ -170,12 +200,11 @@ def main():
     cfg = size_for_budget(cfg, a.out, images, labels, train_rows[inner_tr], train_rows[inner_va], runtime.resolved())
     models = train_members(images, labels, train_rows, cfg, a.out, a.members, runtime, only)
     if only is not None: return
-    probs, _ = predict_folds(models, images[held_out], a.tta)
     targs, out = labels[held_out], Path(a.out)
+    probs, reused = held_out_probs(models, images, held_out, targs, a.tta, out)
     steps = f"{cfg.epochs} epochs" if cfg.budget is None else f"a {cfg.budget / 60:g}-minute budget"
     print(f"\n{a.members} members, {steps} each on {len(train_rows) * (a.members - 1) // a.members:,} rows; "
-          f"scored on {len(held_out):,} held-out rows (TTA {a.tta})\n")
-    pd.DataFrame({'row': held_out, 'label': targs, **{f"prob_member{m.fold}": p for m, p in zip(models, probs)}}).to_csv(out/'held_out_probs.csv', index=False)
+          f"scored on {len(held_out):,} held-out rows (TTA {a.tta}{'; their probabilities reused from ' + PROBS if reused else ''})\n")
     if a.audit: write_audits(out, models, ds.train.names, held_out, targs, probs, cfg.label_smoothing)
     against = against_runs(a.against.split(','), held_out) if a.against else None
     tables = score(probs, models, targs, held_out, a.n_boot, against)

@@ -71,6 +71,15 @@ def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path
     assert lines[3] == '| new | 0 | 9.9 | 30 | 28.5 | 31.5 | +1.5 | 900 (1,000) | yes, 2 | 0.360, 0.430 |'
 
 
+def test_the_ensemble_studys_member_ids_written_before_the_latest_fields_still_hold():
+    "Member ids 0.22.0 wrote (computed with its code): a field added since is left out while unset, or every finished member would train again."
+    import ensemble_study
+    from thera_fastai.config import FitConfig
+    assert ensemble_study.member_id(FitConfig(arch='simple', folds=2, epochs=1, tta=0), 2) == 'ensemble-21e20c5d7da0659c'
+    assert ensemble_study.member_id(FitConfig(folds=5, budget=600.0, tta=4, widths=(48, 192, 192)), 5) == 'ensemble-0833828e1c2bd732'
+    assert ensemble_study.member_id(FitConfig(folds=5, budget=600.0, tta=4, widths=(48, 192, 192), head='max'), 5) != 'ensemble-0833828e1c2bd732'
+
+
 def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuses_members(tiny_zip, tmp_path):
     "Two 1-epoch members on generated data, one trained apart (--only): scored alone and as a vote, reused on a rerun."
     script = Path(__file__).parents[1]/'bench'/'ensemble_study.py'
@@ -105,6 +114,7 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     again = study('--audit')
     assert again.returncode == 0 and trained(again.stdout) == [], again.stderr[-2000:]
     assert again.stdout[again.stdout.index('| predictor'):] == first.stdout[first.stdout.index('| predictor'):]  # same scores
+    assert 'probabilities reused' in again.stdout and 'probabilities reused' not in first.stdout  # the same members' weights
     # the audit: cleanlab on the members' inner out-of-fold rows, which are the training rows and none of the held-out ones
     inner = pd.concat([pd.read_csv(tmp_path/'ens'/f'member{k}'/'oof.csv') for k in (0, 1)])
     assert inner['row'].is_unique and not set(inner['row']) & set(held['row'])
@@ -119,8 +129,10 @@ def test_ensemble_study_scores_members_and_their_vote_on_rows_none_saw_and_reuse
     assert f"{len(held):,} held-out rows: {len(held_issues):,} flagged" in again.stdout
     import thera_fastai as tf
     tf.fit(tiny_zip, tmp_path/'single', fold=0, folds=5, arch='simple', epochs=1, tta=0, threads=1, log=lambda *_: None)
+    (tmp_path/'ens'/'held_out_probs.key').write_text('stale\n')  # as if a member had been trained again
     against = study('--against', str(tmp_path/'single'))
     assert against.returncode == 0 and trained(against.stdout) == [], against.stderr[-2000:]
+    assert 'probabilities reused' not in against.stdout and (tmp_path/'ens'/'held_out_probs.key').read_text() != 'stale\n'
     differences = pd.read_csv(tmp_path/'ens'/'differences.csv').set_index('baseline')
     oof = pd.read_csv(tmp_path/'single'/'fold0'/'oof.csv').set_index('row').loc[held['row']]
     single = cross_fitted_hter_of(oof['prob_tta'].to_numpy(), held['label'].to_numpy(), held['row'].to_numpy() % 2)

@@ -70,6 +70,8 @@ def _cli(monkeypatch, capsys, func, *args):
     (['--arch', 'resnet18', '--stem', 'wide'], "--stem must be one of default, nopool, conv3 (got 'wide')"),
     (['--arch', 'resnet81'], "--arch 'resnet81' is neither a package model (simple, resnet18, airbench) nor a timm model; closest names: resnet18"),
     (['--resize-from', 64], '--resize-from must be below the image size 64'),
+    (['--head', 'avg'], "--head must be one of max, concat, grid (got 'avg')"),
+    (['--arch', 'simple', '--head', 'grid'], '--head applies to --arch airbench only'),
     (['--widths', '32/x/128'], "--widths '32/x/128' is not widths like 32/128/128 or 16/32,32/64,64"),
     (['--exclude', 'MISSING.txt'], 'MISSING.txt: cannot read the row list'),
     (['--distill', 'MISSING'], 'MISSING: run folder does not exist'),

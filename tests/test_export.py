@@ -93,13 +93,14 @@ def test_export_of_a_folder_that_is_not_a_run_is_refused(tmp_path):
     assert not (tmp_path/'export').exists()
 
 
-def test_a_32px_model_exports_with_its_downsample_and_gives_the_same_probabilities(tmp_path):
+@pytest.mark.parametrize('kwargs', [dict(resolution=32), dict(head='grid'), dict(head='concat')])
+def test_a_32px_model_or_another_head_exports_and_gives_the_same_probabilities(kwargs, tmp_path):
     import onnxruntime as ort
     import torch
     from thera_fastai.infer.export import OnnxFold
     from thera_fastai.models import create_model
     torch.manual_seed(0)
-    net = OnnxFold(create_model('airbench', resolution=32).eval(), ([0.5] * 3, [0.25] * 3)).eval()
+    net = OnnxFold(create_model('airbench', **kwargs).eval(), ([0.5] * 3, [0.25] * 3)).eval()
     images = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8)
     torch.onnx.export(net, (images[:2],), str(tmp_path/'m.onnx'), input_names=['images'], output_names=['prob'],
                       dynamic_axes={'images': {0: 'n'}, 'prob': {0: 'n'}}, dynamo=False)

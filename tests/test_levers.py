@@ -235,3 +235,15 @@ def test_a_loss_that_is_not_finite_stops_the_fit_with_one_line_and_saves_no_mode
     fold = tmp_path/'run'/'fold0'
     assert not (fold/'fold.json').exists() and not (fold/'model.safetensors').exists()
     assert [p.name for p in fold.glob('ckpt-e*.pth')] == ['ckpt-e0.pth']  # the finite epoch is kept
+
+
+def test_a_grid_head_fold_saves_its_head_and_rebuilds_to_its_own_predictions(data, tmp_path):
+    ref = tf.fit(data, tmp_path/'grid', fold=0, epochs=1, **{**FIT, 'arch': 'airbench', 'widths': (8, 16, 16), 'head': 'grid'})
+    from safetensors.torch import load_file
+    from thera_fastai.infer.ensemble import FoldModel
+    linear = [v for v in load_file(tmp_path/'grid'/'fold0'/'model.safetensors').values() if v.ndim == 2]
+    assert [tuple(v.shape) for v in linear] == [(1, 16 * 4 * 4)]  # one weight for each channel in each cell of the 4x4 grid
+    images, _, _, valid = tf.fold_rows(data, tf.FitConfig(**ref['config']), 0)
+    oof = pd.read_csv(tmp_path/'grid'/'fold0'/'oof.csv').sort_values('row')
+    fresh = FoldModel(0, tf.load_fold_learner(tmp_path/'grid'/'fold0'), 0.5).predict(images[np.sort(valid)], tta=0)
+    np.testing.assert_allclose(oof['prob'].to_numpy(), fresh, atol=1e-6)

@@ -132,3 +132,33 @@ def test_airbench_widths_set_its_three_blocks_and_come_from_the_config_and_the_c
         with pytest.raises(TheraError, match='widths'): FitConfig(arch=arch, widths=bad)
     with pytest.raises(TheraError, match='widths'): FitConfig(arch='resnet18', widths=(8, 8, 8))
     with pytest.raises(TheraError, match='widths'): parse_widths('32/x/128')
+
+
+@pytest.mark.parametrize('head, width', [('max', 256), ('concat', 512), ('grid', 256 * 16)])
+def test_each_airbench_head_gives_one_logit_from_its_pooled_width(head, width):
+    m = create_model('airbench', head=head)
+    linear = next(x for x in m.modules() if isinstance(x, torch.nn.Linear))
+    assert linear.in_features == width and m(torch.randn(2, 3, 64, 64)).shape == (2, 1)
+
+
+def test_the_grid_head_keeps_where_a_feature_is_and_the_max_head_does_not():
+    from thera_fastai.models import pool_head
+    top, bottom = torch.zeros(1, 8, 4, 4), torch.zeros(1, 8, 4, 4)
+    top[0, 3, 0, 1], bottom[0, 3, 3, 1] = 1.0, 1.0  # the same feature at the top and at the bottom of the map
+    def pooled(head, x): return torch.nn.Flatten()(pool_head(head, 8)[0](x))
+    assert torch.equal(pooled('max', top), pooled('max', bottom))
+    assert not torch.equal(pooled('grid', top), pooled('grid', bottom)) and pooled('grid', top).sum() == 1
+    assert torch.equal(pooled('concat', top)[:, :8], pooled('max', top)) and pooled('concat', top)[0, 11] == 1 / 16
+
+
+def test_the_head_is_the_airbench_nets_own_and_is_checked_before_a_run_starts():
+    from thera_fastai.config import FitConfig
+    from thera_fastai.runs import run_id
+    cfg = FitConfig(head='grid')
+    assert cfg.model_kwargs()['head'] == 'grid' and FitConfig.from_dict(cfg.to_dict()).head == 'grid'
+    assert 'head' not in FitConfig().model_kwargs() and run_id(FitConfig(head='max'), 'k') != run_id(FitConfig(), 'k')
+    legacy = {k: v for k, v in FitConfig().to_dict().items() if k not in ('head', 'resolution', 'mixup', 'balance_strength', 'pseudo', 'pseudo_confidence', 'pseudo_targets')}
+    from thera_fastai.files import short_hash
+    assert run_id(FitConfig(), 'k') == short_hash(legacy, 'k')  # a run written before the field existed keeps its id
+    for bad, match in ((dict(head='avg'), 'head'), (dict(arch='simple', head='max'), 'head'), (dict(head='grid', resolution=32), 'resolution')):
+        with pytest.raises(TheraError, match=match): FitConfig(**bad)

@@ -279,3 +279,10 @@ def test_a_budget_fit_that_a_re_plan_ends_at_an_epoch_end_reuses_that_epochs_val
 
 
 real_write_oof = training.write_oof
+
+
+def test_the_ids_of_runs_written_before_the_latest_fields_still_hold():
+    "Run ids 0.22.0 wrote (computed with its code): a field added since is left out while unset, or every finished fold would train again."
+    from thera_fastai.runs import run_id
+    assert run_id(tf.FitConfig(), 'dkey') == 'bfab4d0e49c77470'
+    assert run_id(tf.FitConfig(method='airbench', folds=2), 'dkey') == '288412fa57077a8b'

@@ -126,6 +126,7 @@ def fit(
     max_shift_px:int = _D.max_shift_px, # Largest shift of the augmentation, pixels
     schedule:str = _D.schedule, # LR schedule: one_cycle, step (x0.1 every 10 epochs) or constant
     label_smoothing:float = _D.label_smoothing, # BCE label smoothing eps: targets eps/2 and 1-eps/2 (default: the arch's recipe, config.RECIPES)
+    head:str = _D.head, # Pooling of the airbench net's last map: max (airbench's global max-pool, default), concat (max and mean) or grid (4x4 max-pools, flattened)
     stem:str = _D.stem, # Stem for 64x64 of timm models: x2 (default), x4 or default; resnet18: nopool (default), default or conv3
     pretrained:store_true = _D.pretrained, # Start a timm model from timm's pretrained weights (needs them locally)
     weights:str = _D.weights, # Local state-dict file of the timm model to start from
@@ -155,7 +156,7 @@ def fit(
         from .api import fit as fit_run
         config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, balance_strength=balance_strength, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
-                      label_smoothing=label_smoothing, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
+                      label_smoothing=label_smoothing, head=head, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, mixup=mixup, exclude=exclude, distill=distill, distill_weight=distill_weight,
                       pseudo=pseudo, pseudo_confidence=pseudo_confidence, pseudo_targets=pseudo_targets)
         from .api import default_out, make_config

@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import TheraError
 
-__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'AUTO_WIDTHS', 'WIDTHS_LADDER', 'AUTO_MIN_EPOCHS', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'AIRBENCH_HEADS', 'AUTO_WIDTHS', 'WIDTHS_LADDER', 'AUTO_MIN_EPOCHS', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
 
 # Each arch's recipe ('timm': any timm model name); where each value comes from, with the figures that chose it:
 # docs/design.md, *Recipes*.
@@ -35,6 +35,7 @@ CLASS_NAMES = {0: 'occluded (hat, cap, glasses or other occlusion)', 1: 'clean f
 SHORT_NAMES = {0: 'occluded', 1: 'clean'}
 ARCH_NAMES = ('simple', 'resnet18', 'airbench')  # the package's own nets; any timm name is an arch too
 RESNET_STEMS = ('default', 'nopool', 'conv3')
+AIRBENCH_HEADS = ('max', 'concat', 'grid')  # the airbench net's pooling of its last map (models.pool_head); max is airbench's
 TIMM_STEMS = {'default': 0, 'x2': 1, 'x4': 2}  # stem name: how many of the first stride-2 steps become stride 1
 TTA_SEED = 0  # seed of the TTA augmentation: the same seed gives the same predictions
 N_BOOT = 1000  # resamples of thera-compare's paired bootstrap interval
@@ -109,6 +110,7 @@ class FitConfig:
     tta: int = 4  # TTA passes for out-of-fold predictions (0: none)
     sample: int = None  # Stratified subset of this many images (None: all)
     widths: tuple = AUTO_WIDTHS  # Conv widths: per block of the simple CNN, e.g. ((16,), (32, 32), ...); of airbench's three blocks, e.g. (32, 128, 128); None: the arch's; 'auto': sized to the budget of a budgeted airbench fit, else the arch's
+    head: str = None  # Pooling of the airbench net's last map: max (airbench's global max-pool; None), concat (max and mean) or grid (a 4x4 grid of max-pools, flattened)
     stem: str = None  # Stem for 64x64 (timm models): resnet18 nopool, default or conv3; others x2, x4 or default (None: the recipe's)
     pretrained: bool = False  # Start a timm model from timm's pretrained weights (needs them locally)
     weights: str = None  # Local state-dict file of the timm model to start from
@@ -188,6 +190,10 @@ class FitConfig:
                 raise TheraError(f"must be in (0, 1] (got {self.balance_strength!r})", param='balance_strength')
             if self.balance == 'none': raise TheraError("sets how far --balance sampler or loss goes: give one of them", param='balance_strength')
         if self.widths is not None and self.arch not in ('simple', 'airbench'): raise TheraError("applies to --arch simple and airbench only", param='widths')
+        if self.head is not None:
+            if self.arch != 'airbench': raise TheraError("applies to --arch airbench only", param='head')
+            _choice(self.head, AIRBENCH_HEADS, 'head')
+            if self.head == 'grid' and self.resolution is not None: raise TheraError("grid pools the last map of a 64 px image (4x4): drop --resolution", param='head')
         if arch_stems(self.arch): _choice(self.stem, arch_stems(self.arch), 'stem')
         else:
             for k in ('stem', 'weights'):
@@ -226,7 +232,7 @@ class FitConfig:
     def _arch_kwargs(self):
         if self.arch == 'simple': return {} if self.widths is None else dict(widths=self.widths)
         if self.arch == 'airbench':
-            kwargs = {} if self.widths is None else dict(widths=self.widths)
+            kwargs = ({} if self.widths is None else dict(widths=self.widths)) | ({} if self.head is None else dict(head=self.head))
             if self.method != 'airbench': return kwargs
             h = self.hyp
             return dict(kwargs, whiten=h['whiten'], bn_momentum=h['bn_momentum'], bn_weight=h['bn_weight'], dirac=h['dirac'])

@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ARCH_NAMES, RESNET_STEMS, TIMM_STEMS, arch_stems, check_arch  # noqa: F401  (re-exported)
+from .config import AIRBENCH_HEADS, ARCH_NAMES, RESNET_STEMS, TIMM_STEMS, arch_stems, check_arch  # noqa: F401  (re-exported)
 from .errors import TheraError
 
-__all__ = ['check_start_weights', 'ByteDropout', 'Downsample', 'with_resolution', 'first_conv', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
+__all__ = ['check_start_weights', 'ByteDropout', 'Downsample', 'with_resolution', 'first_conv', 'SimpleCNN', 'simple_cnn', 'airbench_64', 'AIRBENCH_HEADS', 'pool_head', 'whiten_init', 'patch_covariance', 'resnet18_64', 'timm_64', 'RESNET_STEMS', 'TIMM_STEMS',
            'ARCHS', 'arch_stems', 'check_arch', 'create_model', 'model_profile']
 
 DEFAULT_WIDTHS = ((16,), (32, 32), (64, 64), (128, 128))
@@ -117,11 +117,27 @@ class Scale(nn.Module):
     def forward(self, x): return x * self.scale
 
 
-def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3, whiten=False, bn_momentum=None, bn_weight=True, dirac=False):
+GRID = 4  # the 'grid' head's cells a side: the last map of a 64 px image, kept whole
+
+
+def pool_head(head, ni):
+    """The pooling of airbench's last feature map and the width it hands the linear layer: `max` (airbench's global
+    max-pool), `concat` (fastai's `AdaptiveConcatPool2d`, max and mean) or `grid` (a max-pool over each cell of a
+    `GRID` x `GRID` grid, flattened: on aligned faces it keeps where a feature is, a hat's brim against a collar)."""
+    if head == 'max': return nn.AdaptiveMaxPool2d(1), ni
+    if head == 'concat':
+        from fastai.layers import AdaptiveConcatPool2d
+        return AdaptiveConcatPool2d(1), 2 * ni
+    if head == 'grid': return nn.AdaptiveMaxPool2d(GRID), ni * GRID * GRID
+    raise TheraError(f"unknown airbench head {head!r}: use {', '.join(AIRBENCH_HEADS)}")
+
+
+def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3, whiten=False, bn_momentum=None, bn_weight=True, dirac=False, head='max'):
     """The CIFAR-10 speed-run network (Keller Jordan's airbench94) adapted to 64 px.
 
     A 2x2 stride-2 patch conv halves 64 px to the 32 px the CIFAR net was made for; then its three
-    conv-pool-BN blocks, a global max-pool and a linear layer scaled by 1/9 (airbench's logit scale).
+    conv-pool-BN blocks, a pooling of the last map (`head`, `pool_head`'s; airbench's is the global max-pool) and a
+    linear layer scaled by 1/9 (airbench's logit scale).
     airbench's training method builds it as airbench does: `whiten` makes the patch conv a frozen
     whitening layer with a bias and no BatchNorm (`whiten_init` sets it from training images), `bn_momentum`
     and `bn_weight=False` give BatchNorms a high momentum and frozen unit weights, `dirac` starts each conv
@@ -133,7 +149,8 @@ def airbench_64(widths=(64, 256, 256), stem_width=24, n_in=3, whiten=False, bn_m
     else: layers = [nn.Conv2d(n_in, stem_width, 2, stride=2, bias=False), nn.BatchNorm2d(stem_width), nn.GELU()]
     ni = stem_width
     for nf in widths: layers.append(AirbenchBlock(ni, nf, bn_momentum, bn_weight)); ni = nf
-    layers += [nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(ni, 1, bias=False), Scale(1 / 9)]
+    pool, nf = pool_head(head, ni)
+    layers += [pool, nn.Flatten(), nn.Linear(nf, 1, bias=False), Scale(1 / 9)]
     model = nn.Sequential(*layers)
     if dirac:
         for m in model.modules():
