@@ -10,7 +10,7 @@ import pytest
 import thera_fastai as tf
 from conftest import run_cli, write_dataset
 from thera_fastai.analysis.agreement import error_agreement
-from thera_fastai.analysis.comparison import minutes_to_reach, recipe_text
+from thera_fastai.analysis.comparison import footing_markdown, minutes_to_reach, recipe_text, run_footing
 from thera_fastai.errors import TheraError
 from thera_fastai.files import file_hash
 
@@ -164,6 +164,45 @@ def test_compare_warns_of_a_run_that_has_not_learned_and_leaves_it_out_of_the_er
     agreement = md.split('## Errors in common')[1]
     assert 'by all 2 runs' in agreement and '| noise |' not in agreement
     assert list(pd.read_csv(tmp_path/'cmp'/'paired.csv')['run'])[:2] == ['air-ema', 'blend']  # the blend of the two that learned
+
+
+def _summary(budget=None, **runtimes):
+    "A run_summary-shaped dict: a config with `budget` and one fold per runtime given (fold<k>=dict(...))."
+    return dict(config=dict(tf.FitConfig(budget=budget).to_dict()), folds={int(k[4:]): dict(runtime=rt) for k, rt in runtimes.items()})
+
+
+def test_the_terms_a_run_trained_on_are_read_from_its_config_and_folds():
+    here = dict(device='cpu', precision='bf16', threads=2, world_size=1, cpu='EPYC, avx512f avx512_bf16', host='a')
+    assert run_footing(_summary(600.0, fold0=here)) == dict(budget='10 min', device='cpu', precision='bf16', threads='2',
+                                                           world_size='1', cpu='EPYC, avx512f avx512_bf16')
+    older = {k: v for k, v in here.items() if k != 'cpu'}  # a fold from before the CPU was recorded
+    mixed = run_footing(_summary(None, fold0=older, fold1={**here, 'precision': 'fp32'}))
+    assert mixed['budget'] == 'none' and mixed['precision'] == 'bf16 / fp32' and mixed['cpu'] == 'EPYC, avx512f avx512_bf16'
+    assert 'cpu' not in run_footing(_summary(None, fold0=older))          # not recorded: left out, not guessed
+
+
+def test_runs_on_different_terms_are_named_and_runs_on_the_same_are_not():
+    a = dict(budget='10 min', precision='bf16', threads='2', cpu='X')
+    assert footing_markdown(['r1', 'r2'], [a, dict(a)]) == ''
+    assert footing_markdown(['r1', 'r2'], [a, {k: v for k, v in a.items() if k != 'cpu'}]) == ''   # unknown is no difference
+    note = footing_markdown(['r1', 'r2', 'r3'], [a, {**a, 'budget': '30 min'}, {**a, 'precision': 'fp32', 'cpu': 'Y'}])
+    assert note.startswith('\n**Not on equal terms.**') and note.endswith('\n\n- budget per fold: 10 min (r1, r3); 30 min (r2)\n'
+                                                                       '- precision: bf16 (r1, r2); fp32 (r3)\n- CPU: X (r1, r2); Y (r3)\n')
+
+
+def test_compare_says_when_its_runs_trained_on_different_terms(two_runs, tmp_path):
+    tf.compare([two_runs/'simple', two_runs/'air-ema'], tmp_path/'same', n=0, n_boot=0)
+    assert 'Not on equal terms' not in (tmp_path/'same'/'compare.md').read_text()   # one machine, one precision, no budget
+    other = shutil.copytree(two_runs/'air-ema', tmp_path/'elsewhere')
+    info = json.loads((other/'fold0'/'fold.json').read_text())
+    threads = info['runtime']['threads']   # what this process had: an earlier test may have set it
+    info['runtime'].update(cpu='Another CPU, avx2', threads=threads + 1)
+    (other/'fold0'/'fold.json').write_text(json.dumps(info))
+    frame = tf.compare([two_runs/'simple', other], tmp_path/'cmp', n=0, n_boot=0)
+    md = (tmp_path/'cmp'/'compare.md').read_text()
+    assert len(frame) == 2 and frame['hter_cross'].notna().all()             # still compared, with the note
+    assert f"\n- threads: {threads} ({two_runs/'simple'}); {threads + 1} ({other})\n" in md and f"; Another CPU, avx2 ({other})\n" in md
+    assert md.count('Not on equal terms') == 1 and '- precision' not in md
 
 
 NO_TORCH = """

@@ -23,7 +23,8 @@ def test_notebook_runs_on_a_data_path_alone(nb_path, tiny_folder, tmp_path):
     nb = nbformat.read(nb_path, as_version=4)
     assert not any(c.get('outputs') for c in nb.cells if c.cell_type == 'code'), 'commit notebooks with outputs cleared'
     at = _parameters(nb)
-    given = dict(DATA=str(tiny_folder), OUT=str(tmp_path/'out'), SAMPLE=96, NUM_IT=20, BS=16, EPOCHS=2, N_PREDICT=4, ARCHS=('simple', 'airbench', 'resnet18'))
+    given = dict(DATA=str(tiny_folder), OUT=str(tmp_path/'out'), SAMPLE=96, NUM_IT=20, BS=16, EPOCHS=2, N_PREDICT=4, BUDGET=12,
+                 ARCHS=('simple', 'airbench', 'resnet18'))
     names = [l.split('=')[0].strip() for l in nb.cells[at].source.splitlines() if '=' in l and not l.startswith('#')]
     nb.cells.insert(at + 1, nbformat.v4.new_code_cell('\n'.join(f"{k} = {given[k]!r}" for k in names if k in given)))
     (tmp_path/'cwd').mkdir()
@@ -35,7 +36,7 @@ def test_notebook_runs_on_a_data_path_alone(nb_path, tiny_folder, tmp_path):
 
 
 def test_notebooks_take_their_data_path_in_the_first_code_cell_and_call_the_api_only():
-    assert {p.stem for p in NBS} >= {'00_explore', '01_lr_find', '02_cv_results', '03_label_audit'}
+    assert {p.stem for p in NBS} >= {'00_explore', '01_lr_find', '02_cv_results', '03_label_audit', '04_prototyping'}
     for path in NBS:
         nb = nbformat.read(path, as_version=4)
         code = [c for c in nb.cells if c.cell_type == 'code']

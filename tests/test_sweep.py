@@ -94,3 +94,83 @@ def test_a_malformed_space_file_is_one_line_naming_it(text, says, tmp_path):
     path.write_text(text)
     with pytest.raises(TheraError, match=re.escape(says)) as e: read_space(path)
     assert e.value.path == path and '\n' not in str(e.value)
+
+
+def test_a_budget_replaces_the_spaces_own_and_takes_out_what_it_sets():
+    from thera_fastai.api import make_config
+    from thera_fastai.train.sweep import fit_space
+    said = []
+    space = fit_space(DEFAULT_SPACE, 50000, said.append, budget=600.0)
+    assert space['budget'] == 600.0 and 'epochs' not in space and 'resize_from' not in space and 'epochs' in DEFAULT_SPACE
+    assert said == ['epochs: a budget of 10 min per fold sets the steps, so epochs leaves the search space',
+                    'resize_from: a budget of 10 min per fold sets the steps, so resize_from leaves the search space']
+    with pytest.raises(TheraError, match='give --budget or --epochs, not both'): make_config(epochs=3, budget=600.0)  # what the drop avoids
+    own = fit_space({'folds': 2, 'epochs': 3, 'budget': 300.0}, 1000, said.append)        # a budget the space file fixes
+    assert own == {'folds': 2, 'budget': 300.0} and said[-1].startswith('epochs: a budget of 5 min per fold')
+    assert fit_space({'folds': 2, 'budget': 300.0}, 1000, said.append, budget=60.0)['budget'] == 60.0   # the command's wins
+    searched = fit_space({'folds': 2, 'epochs': 3, 'budget': {'choices': [60.0, 120.0]}}, 1000, said.append)
+    assert 'epochs' not in searched and said[-1] == 'epochs: a searched budget sets the steps, so epochs leaves the search space'
+    assert len(said) == 4 and fit_space({'folds': 2, 'epochs': 3}, 1000, said.append) == {'folds': 2, 'epochs': 3}
+
+
+def _study_with(trials):
+    import optuna
+    study = optuna.create_study()
+    dist = {'lr': optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    for lr, value, attrs in trials:
+        study.add_trial(optuna.trial.create_trial(params={'lr': lr}, distributions=dist, value=value, user_attrs=attrs))
+    return study
+
+
+def test_the_leaderboard_says_the_budget_its_trials_share_and_their_minutes():
+    from thera_fastai.train.sweep import leaderboard
+    shared = leaderboard(_study_with([(1e-3, 0.12, dict(run='a', budget=600.0, minutes=19.5)),
+                                      (1e-2, 0.10, dict(run='b', budget=600.0, minutes=20.25))]))
+    lines = shared.splitlines()
+    assert lines[0].endswith('2 complete, 0 pruned, 2 in all; every fold at a budget of 10 min')
+    assert lines[1] == '| trial | pooled HTER, cross-fitted | fit minutes | params | run |'
+    assert lines[3] == '| 1 | 0.1000 | 20.2 | {"lr": 0.01} | b |' and lines[4].startswith('| 0 | 0.1200 | 19.5 |')
+    mixed = leaderboard(_study_with([(1e-3, 0.12, dict(run='a', budget=600.0, minutes=19.5)), (1e-2, 0.10, dict(run='b', budget=None))]))
+    assert 'every fold at a budget' not in mixed and '| budget per fold |' in mixed.splitlines()[1]
+    assert '| 1 | 0.1000 | - | none |' in mixed and '| 0 | 0.1200 | 19.5 | 10 min |' in mixed
+    older = leaderboard(_study_with([(1e-3, 0.12, dict(run='a'))]))         # a study from before the budget was recorded
+    assert 'budget' not in older and '| 0 | 0.1200 | - |' in older
+    joined = leaderboard(_study_with([(1e-3, 0.12, dict(run='a')), (1e-2, 0.10, dict(run='b', budget=600.0, minutes=9.9))]))
+    assert 'every fold at a budget' not in joined and '| 0 | 0.1200 | - | ? |' in joined and '| 1 | 0.1000 | 9.9 | 10 min |' in joined
+
+
+def test_a_budgeted_sweep_gives_every_fold_of_every_trial_the_same_time_and_net(tmp_path, monkeypatch):
+    from thera_fastai.config import WIDTHS_LADDER
+    from thera_fastai.runs import open_run
+    from thera_fastai.train import sizing
+    from thera_fastai.train.sweep import leaderboard, sweep
+    timings = iter([9.0])   # the first sizing finds the widest net holds 9 epochs; any later one would find none does
+    monkeypatch.setattr(sizing, 'budget_epochs', lambda *a, **k: next(timings, 0.0))
+    write_dataset(tmp_path/'data', n_train=96, n_val=4)
+    said = []
+    space = {'folds': 2, 'epochs': 3, 'bs': 16, 'tta': 0, 'arch': 'airbench', 'lr': {'low': 1e-3, 'high': 1e-2, 'log': True}}
+    study = sweep(tmp_path/'data', tmp_path/'sweep', trials=2, space=space, budget=12.0, log=said.append, precision='fp32',
+                  threads=1, cache=tmp_path/'cache')
+    assert said[0] == 'epochs: a budget of 0.2 min per fold sets the steps, so epochs leaves the search space'
+    widest = '/'.join(map(str, WIDTHS_LADDER[0]))
+    assert said[1].startswith(f"widths auto: {widest}, sized by trial 0 for 0.2 min a fold") and len(said) == 4   # and a line per trial
+    assert study.user_attrs == {'widths_at_12s': list(WIDTHS_LADDER[0])}
+    for trial in study.trials:
+        run = open_run(trial.user_attrs['run'])
+        assert run['config']['budget'] == 12.0 and run['config']['epochs'] is None and trial.user_attrs['budget'] == 12.0
+        assert run['config']['widths'] == list(WIDTHS_LADDER[0])      # trial 1 kept trial 0's net, not one sized on its own timing
+        folds = [json.loads((Path(trial.user_attrs['run'])/f'fold{k}'/'fold.json').read_text()) for k in (0, 1)]
+        assert [f['steps']['budget'] for f in folds] == [12.0, 12.0] and all(f['steps']['steps'] >= 1 for f in folds)
+        assert trial.user_attrs['minutes'] == pytest.approx(sum(f['fit_seconds'] for f in folds) / 60)
+    assert leaderboard(study).splitlines()[0].endswith(f"every fold at a budget of 0.2 min; airbench widths {widest} sized once for 12 s a fold")
+
+
+def test_a_trial_is_said_in_one_line_with_where_it_stopped():
+    import optuna
+    from thera_fastai.train.sweep import _trial_line
+    dist = {'lr': optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    done = optuna.trial.create_trial(params={'lr': 0.01}, distributions=dist, value=0.1234, intermediate_values={0: 0.2, 1: 0.1234})
+    stopped = optuna.trial.create_trial(params={'lr': 0.01}, distributions=dist, value=0.3, intermediate_values={0: 0.3},
+                                        state=optuna.trial.TrialState.PRUNED)
+    assert _trial_line(done).split(';')[0].endswith(': complete, HTER 0.1234')
+    assert _trial_line(stopped).split(';')[0].endswith(': pruned after fold 0 at HTER 0.3000') and _trial_line(stopped).endswith('{"lr": 0.01}')

@@ -6,7 +6,7 @@ import torch
 from fastai.torch_core import set_seed
 
 from conftest import synthetic_images
-from thera_fastai.config import RECIPES, FitConfig, Runtime, native_bf16
+from thera_fastai.config import RECIPES, FitConfig, Runtime, cpu_model, native_bf16
 from thera_fastai.data.loaders import fold_dataloaders, fold_splits, sample_rows
 from thera_fastai.errors import TheraError
 from thera_fastai.infer.inference import predict_probs
@@ -61,6 +61,16 @@ def test_runtime_resolves_on_this_machine_and_is_checked():
     assert Runtime(precision='fp32').resolved()['precision'] == 'fp32'
     with pytest.raises(TheraError, match='precision must be one of'): Runtime(precision='fp64')
     with pytest.raises(TheraError, match='device is cuda but no CUDA GPU is visible'): Runtime(device='cuda')
+    assert rt['cpu'] == cpu_model() and rt['cpu']                        # recorded with each fold: thera-compare reads it
+
+
+def test_the_cpu_is_named_by_its_model_and_the_flags_its_speed_depends_on(tmp_path):
+    core = "processor\t: {n}\nmodel name\t: Intel(R) Xeon(R) Platinum 8480+\ncpu family\t: 6\nmodel\t\t: 143\nflags\t\t: fpu {flags}\n"
+    (tmp_path/'amx').write_text('\n'.join(core.format(n=n, flags='avx avx2 avx512f avx512_bf16 amx_bf16 amx_tile') for n in (0, 1)))
+    assert cpu_model(tmp_path/'amx') == 'Intel(R) Xeon(R) Platinum 8480+, family 6 model 143, avx512f avx512_bf16 amx_bf16'
+    (tmp_path/'avx2').write_text(core.format(n=0, flags='sse avx avx2 fma'))
+    assert cpu_model(tmp_path/'avx2') == 'Intel(R) Xeon(R) Platinum 8480+, family 6 model 143, avx2'
+    assert cpu_model(tmp_path/'missing')                                   # elsewhere: what platform says, never empty
 
 
 def _conv_dtypes_in_fit(tmp_path, precision):

@@ -256,6 +256,7 @@ def sweep(
     study:str = _C['study'], # Study name within the storage
     storage:str = None, # Database URL (sqlite:///..., postgresql://...) or a .log/.journal file on a shared filesystem
     prune_above:float = None, # Stop a trial whose HTER after a fold is above this (the median pruner runs too)
+    budget:str = None, # Time each fold of every trial may take (e.g. 10m): trials compared at equal time, epochs left out of the space
     show:store_true = False, # Print the leaderboard and parameter importances, run nothing
     device:str = Runtime.device, # auto, cpu or cuda
     precision:str = Runtime.precision, # bf16, fp32 or auto
@@ -270,8 +271,8 @@ def sweep(
         except ImportError: raise TheraError("needs Optuna: pip install 'thera_fastai[sweep]'") from None
         if show: print(leaderboard(open_study(out, study, storage))); return
         _require(data=data)
-        st = run_sweep(data, out, trials, space, study, storage, prune_above, device=device, precision=precision,
-                       threads=threads, cache=cache)
+        st = run_sweep(data, out, trials, space, study, storage, prune_above, parse_duration(budget), device=device,
+                       precision=precision, threads=threads, cache=cache)
         print(leaderboard(st))
 
 

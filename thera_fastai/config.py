@@ -4,7 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from .errors import TheraError
 
-__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'AIRBENCH_HEADS', 'AUTO_WIDTHS', 'WIDTHS_LADDER', 'AUTO_MIN_EPOCHS', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'library_versions', 'package_commit', 'command_line']
+__all__ = ['IMAGE_SHAPE', 'ARCH_NAMES', 'AIRBENCH_HEADS', 'AUTO_WIDTHS', 'WIDTHS_LADDER', 'AUTO_MIN_EPOCHS', 'TTA_SEED', 'N_BOOT', 'CHANCE_AUC', 'COMMAND_DEFAULTS', 'arch_stems', 'check_arch', 'FitConfig', 'Runtime', 'RECIPES', 'AIRBENCH', 'METHODS', 'PRECISIONS', 'SCHEDULES', 'BALANCES', 'DEVICES', 'PSEUDO_TARGETS', 'native_bf16', 'cpu_model', 'library_versions', 'package_commit', 'command_line']
 
 # Each arch's recipe ('timm': any timm model name); where each value comes from, with the figures that chose it:
 # docs/design.md, *Recipes*.
@@ -290,13 +290,30 @@ class Runtime:
         fallback = 'fp16' if device == 'cuda' else 'fp32'
         precision = ('bf16' if native_bf16(device) else fallback) if self.precision == 'auto' else self.precision
         return dict(device=device, precision=precision, channels_last=self.channels_last,
-                    threads=self.threads or torch.get_num_threads(), host=platform.node())
+                    threads=self.threads or torch.get_num_threads(), host=platform.node(), cpu=cpu_model())
 
     def apply(self):
         "Sets the thread count of this process (torch and its interop pool)."
         if self.threads:
             import torch
             torch.set_num_threads(self.threads)
+
+
+def cpu_model(cpuinfo='/proc/cpuinfo'):
+    """The CPU as its speed depends on it: model name, family and model, and the widest vector and bf16 flags
+    ('AMD EPYC, family 25 model 17, avx512f avx512_bf16'). A shared machine's CPU can change between runs, and a
+    run's minutes only compare with another's on the same CPU. Outside Linux, what `platform` says."""
+    try: first = open(cpuinfo).read().split('\n\n')[0]
+    except OSError: return platform.processor() or platform.machine()
+    info = dict(line.split(':', 1) for line in first.splitlines() if ':' in line)
+    info = {k.strip(): v.strip() for k, v in info.items()}
+    flags = set(info.get('flags', '').split())
+    vector = next((f for f in ('avx512f', 'avx2', 'avx') if f in flags), None)
+    bf16 = [f for f in ('avx512_bf16', 'amx_bf16') if f in flags]
+    parts = [info.get('model name', platform.processor() or platform.machine())]
+    if 'cpu family' in info: parts.append(f"family {info['cpu family']} model {info.get('model', '?')}")
+    if vector or bf16: parts.append(' '.join(([vector] if vector else []) + bf16))
+    return ', '.join(parts)
 
 
 def library_versions():

@@ -14,7 +14,7 @@ from .paired import N_BOOT, paired_differences
 from .report import run_summary
 from ..runs import fold_dir, open_run, read_history, run_data
 
-__all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text']
+__all__ = ['compare_runs', 'comparison_markdown', 'write_comparison', 'minutes_to_reach', 'recipe_text', 'run_footing', 'footing_markdown']
 
 _SHOWN_ELSEWHERE = {'arch', 'stem', 'epochs', 'folds', 'sample', 'seed', 'image_size'}  # tta is not: under a budget it also sets the steps
 _PATHS = {'exclude', 'distill', 'pseudo', 'weights'}  # shown by their file or folder name: a run folder's path says little
@@ -88,6 +88,36 @@ def comparison_markdown(frame):
     return '\n'.join(lines) + '\n'
 
 
+# What a run's minutes (and under a budget its steps, so its HTER) depend on besides its recipe: name, label
+_FOOTING = (('budget', 'budget per fold'), ('device', 'device'), ('precision', 'precision'), ('threads', 'threads'),
+            ('world_size', 'processes'), ('cpu', 'CPU'))
+
+
+def run_footing(summary):
+    """The terms a run trained on: its budget per fold ('none' where its epochs are set), and of its folds' runtimes the
+    device, precision, threads, processes and CPU (values its folds differ in joined by ' / '; one an older fold did
+    not record is left out, not guessed)."""
+    cfg, folds = summary['config'], summary['folds'].values()
+    footing = dict(budget=f"{cfg['budget'] / 60:g} min" if cfg.get('budget') else 'none')
+    for key, _ in _FOOTING[1:]:
+        seen = sorted({str(f['runtime'][key]) for f in folds if f.get('runtime', {}).get(key) is not None})
+        if seen: footing[key] = ' / '.join(seen)
+    return footing
+
+
+def footing_markdown(names, footings):
+    "A paragraph and a list naming each term (`run_footing`'s) the runs differ in, with which run had which; '' when they agree."
+    parts = []
+    for key, label in _FOOTING:
+        groups = {}
+        for name, footing in zip(names, footings):
+            if key in footing: groups.setdefault(footing[key], []).append(name)
+        if len(groups) > 1: parts.append(f"- {label}: " + '; '.join(f"{value} ({', '.join(runs)})" for value, runs in groups.items()))
+    if not parts: return ''
+    return ("\n**Not on equal terms.** Their minutes and images seen differ for these as well as for their recipes, and under "
+            "a budget the steps, so the HTER, can too: compare runs with one budget on one machine.\n\n" + '\n'.join(parts) + '\n')
+
+
 def plot_comparison(frame, path, fold=None):
     "HTER (cross-fitted) against fitting minutes, one labelled point per run (`fold`: the one fold compared)."
     from .plots import pyplot, save_figure
@@ -132,6 +162,7 @@ def write_comparison(runs, out='.', target=None, data=None, n=_C['compare_n'], c
     frame = compare_runs(runs, target, summaries)
     out = make_folder(out, 'output')
     text = comparison_markdown(frame)
+    text += footing_markdown([str(r) for r in runs], [run_footing(s) for s, _ in summaries])
     finished = [i for i, (_, oof) in enumerate(summaries) if oof is not None]  # the agreement reads out-of-fold rows
     chance = {i: w for i in finished if (w := chance_warning(summaries[i][0]['pooled']['at_05']['auc'], str(runs[i])))}
     text += ''.join(f"\n**Warning: {w}.**\n" for w in chance.values())

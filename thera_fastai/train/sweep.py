@@ -1,16 +1,17 @@
 """Recipe sweeps on Optuna: any number of workers, on one machine or many, share one study through its storage.
 
 Each trial is an ordinary run folder (`thera-fit`'s format), scored by its pooled out-of-fold HTER at the
-cross-fitted threshold, reported after every fold so a pruner stops a bad trial early."""
+cross-fitted threshold, reported after every fold so a pruner stops a bad trial early. Under a budget every trial's
+folds get the same time, so the study ranks recipes by what they reach in it."""
 import json
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import COMMAND_DEFAULTS as _C
+from ..config import AUTO_WIDTHS, COMMAND_DEFAULTS as _C
 from ..api import make_config
 from ..errors import TheraError
 
-__all__ = ['DEFAULT_SPACE', 'read_space', 'fit_space', 'open_study', 'sweep', 'leaderboard']
+__all__ = ['DEFAULT_SPACE', 'STEP_FIELDS', 'read_space', 'fit_space', 'open_study', 'sweep', 'leaderboard']
 
 # Searched values are dicts ({"low", "high", "log"} or {"choices"}, optionally "when" another value holds);
 # anything else is fixed for every trial. Epochs and sample keep a trial to minutes on a 2-core CPU.
@@ -27,6 +28,7 @@ DEFAULT_SPACE = {
     'stem': {'choices': ['default', 'nopool'], 'when': {'arch': 'resnet18'}},
     'resize_from': {'choices': [None, 32]},
 }
+STEP_FIELDS = ('epochs', 'resize_from')  # what a budgeted fit sets itself or refuses (FitConfig's check): left out of a budgeted space
 
 
 def read_space(path=None):
@@ -57,12 +59,20 @@ def _check_spec(name, spec, path):
         raise TheraError(f"{name}: low and high must be numbers with low <= high (got {spec['low']!r}, {spec['high']!r})", path)
 
 
-def fit_space(space, n_labelled, log=print):
+def fit_space(space, n_labelled, log=print, budget=None):
     """`space` for data of `n_labelled` images: a fixed `sample` at or above it becomes every image (the default
-    space's 20,000 on a smaller dataset), said in one line; the fixed values are checked as a config."""
+    space's 20,000 on a smaller dataset), said in one line; `budget` (seconds per fold) replaces the space's own, and
+    under either the fields a budget sets (`STEP_FIELDS`) leave the space, each said in one line; the fixed values are
+    checked as a config."""
     if isinstance(space.get('sample'), int) and space['sample'] >= n_labelled:
         log(f"sample {space['sample']:,} is not below the {n_labelled:,} labelled images: every trial uses all of them")
         space = {**space, 'sample': None}
+    if budget is not None: space = {**space, 'budget': budget}
+    if space.get('budget') is not None:
+        per_fold = 'a searched budget' if isinstance(space['budget'], dict) else f"a budget of {space['budget'] / 60:g} min per fold"
+        for name in (n for n in STEP_FIELDS if n in space):
+            log(f"{name}: {per_fold} sets the steps, so {name} leaves the search space")
+            space = {k: v for k, v in space.items() if k != name}
     make_config(**{k: v for k, v in space.items() if not isinstance(v, dict)})
     return space
 
@@ -107,18 +117,31 @@ def open_study(out, study=_C['study'], storage=None):
         raise TheraError(f"cannot open the study storage {storage} ({type(e).__name__}: {reason})", param='storage') from None
 
 
-def _objective(data, out, space, fit_kwargs, prune_above):
+def _sized_key(budget): return f"widths_at_{budget:g}s"
+
+
+def _objective(data, out, space, fit_kwargs, prune_above, log=print):
     import optuna
     from .. import api
 
     def objective(trial):
         values = _suggest(trial, space)
         cfg = make_config(**values)
+        pinned = trial.study.user_attrs.get(_sized_key(cfg.budget)) if cfg.sized_to_budget else None
+        if pinned is not None and cfg.widths == AUTO_WIDTHS:  # one net for every trial at this budget: see `sweep`
+            values['widths'] = pinned; cfg = make_config(**values)
         run = Path(out)/f"trial-{trial.number:04d}"
-        trial.set_user_attr('run', str(run))
+        trial.set_user_attr('run', str(run)); trial.set_user_attr('budget', cfg.budget)
         hter = None
         for k in range(cfg.folds):
-            hter = api.fit(data, run, fold=k, **fit_kwargs, **values)['pooled']['cross_fitted']['hter']  # over the folds so far
+            summary = api.fit(data, run, fold=k, **fit_kwargs, **values)
+            hter = summary['pooled']['cross_fitted']['hter']  # over the folds so far
+            trial.set_user_attr('minutes', summary['fit_seconds'] / 60)
+            if cfg.widths == AUTO_WIDTHS and _sized_key(cfg.budget) not in trial.study.user_attrs:
+                widths = list(summary['config']['widths'])  # what the sizing chose, as the run saved it
+                trial.study.set_user_attr(_sized_key(cfg.budget), widths)
+                log(f"widths auto: {'/'.join(map(str, widths))}, sized by trial {trial.number} for {cfg.budget / 60:g} min a fold; "
+                    f"every later airbench trial at this budget trains this net (widths in the space to search it)")
             trial.report(hter, k)
             if (prune_above is not None and hter > prune_above) or trial.should_prune(): raise optuna.TrialPruned()
         return hter
@@ -132,34 +155,58 @@ def sweep(data,  # The exercise zip or its extracted folder
           study:str=_C['study'],  # Study name within the storage
           storage=None,  # Database URL, or a .log/.journal file on a shared filesystem (default: SQLite in `out`)
           prune_above:float=None,  # Stop a trial whose HTER after a fold is above this, besides the median pruner
+          budget:float=None,  # Seconds each fold of every trial may take (replaces the space's budget; epochs then leave it)
           log=print,  # Where progress lines go
           **fit_kwargs,  # Passed to `fit`: cache, device, precision, threads
          ):
-    "Runs `trials` trials of the study in this process; returns the study. Start the same call on other machines to add workers."
+    """Runs `trials` trials of the study in this process; returns the study. Start the same call on other machines to add workers.
+    Under a budget, the airbench net's `widths='auto'` is sized once, by the first trial to finish a fold at that budget,
+    and kept in the study: later trials train the same net rather than one sized on their own timing, which would
+    change the net between trials with the machine's load."""
     if not isinstance(trials, int) or trials < 1: raise TheraError(f"must be at least 1 (got {trials!r})", param='trials')
     from ..data.source import open_dataset
-    space = fit_space(space if isinstance(space, dict) else read_space(space), len(open_dataset(data).labels), log)
+    space = fit_space(space if isinstance(space, dict) else read_space(space), len(open_dataset(data).labels), log, budget)
     st = open_study(out, study, storage)
-    st.optimize(_objective(data, out, space, dict(fit_kwargs, log=lambda *_: None), prune_above), n_trials=trials,
+    st.optimize(_objective(data, out, space, dict(fit_kwargs, log=lambda *_: None), prune_above, log), n_trials=trials,
                 catch=(), callbacks=[lambda s, t: log(_trial_line(t))])
     return st
 
 
 def _trial_line(t):
-    value = f"HTER {t.value:.4f}" if t.value is not None else f"pruned after fold {max(t.intermediate_values, default=0)}"
-    return f"trial {t.number}: {t.state.name.lower()}, {value}; {json.dumps(t.params)}"
+    "A finished trial in one line: complete with its HTER, or pruned with the fold it stopped after and the HTER there."
+    last = max(t.intermediate_values, default=None)
+    if t.state.name == 'PRUNED' and last is not None: value = f"pruned after fold {last} at HTER {t.intermediate_values[last]:.4f}"
+    else: value = t.state.name.lower() + (f", HTER {t.value:.4f}" if t.value is not None else '')
+    return f"trial {t.number}: {value}; {json.dumps(t.params)}"
 
 
 def leaderboard(st, n=10):
-    "The best finished trials and, with two or more, the parameter importances (Optuna's fANOVA), as text."
+    """The best finished trials with their fitting minutes (summed over folds) and, with two or more, the parameter
+    importances (Optuna's fANOVA), as text. A budget the trials share is said once; differing budgets are a column."""
     import optuna
     done = sorted((t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value)
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in st.trials)
-    lines = [f"study {st.study_name}: {len(done)} complete, {pruned} pruned, {len(st.trials)} in all",
-             "| trial | pooled HTER, cross-fitted | params | run |", "|---|---|---|---|"]
-    lines += [f"| {t.number} | {t.value:.4f} | {json.dumps(t.params)} | {t.user_attrs.get('run', '')} |" for t in done[:n]]
+    budgets = {t.user_attrs.get('budget', '?') for t in st.trials if 'run' in t.user_attrs}  # '?': a trial from before it was recorded
+    shared = f"; every fold at a budget of {next(iter(budgets)) / 60:g} min" if len(budgets) == 1 and budgets.isdisjoint((None, '?')) else ''
+    per_trial = len(budgets) > 1
+    sized = ''.join(f"; airbench widths {'/'.join(map(str, w))} sized once for {k[len('widths_at_'):-1]} s a fold"
+                    for k, w in sorted(st.user_attrs.items()) if k.startswith('widths_at_'))
+    lines = [f"study {st.study_name}: {len(done)} complete, {pruned} pruned, {len(st.trials)} in all{shared}{sized}",
+             "| trial | pooled HTER, cross-fitted | fit minutes |" + (" budget per fold |" if per_trial else '') + " params | run |",
+             "|---|---|---|" + ("---|" if per_trial else '') + "---|---|"]
+    lines += [f"| {t.number} | {t.value:.4f} | {_minutes(t.user_attrs.get('minutes'))} |"
+              + (f" {_budget(t.user_attrs)} |" if per_trial else '')
+              + f" {json.dumps(t.params)} | {t.user_attrs.get('run', '')} |" for t in done[:n]]
     if len(done) >= 2:
         try: imp = optuna.importance.get_param_importances(st)
         except (ValueError, RuntimeError) as e: imp = {}; lines.append(f"importances: not computable ({e})")
         if imp: lines.append("importances: " + ', '.join(f"{k} {v:.2f}" for k, v in imp.items()))
     return '\n'.join(lines)
+
+
+def _minutes(value): return '-' if value is None else f"{value:.1f}"
+
+
+def _budget(attrs):
+    if 'budget' not in attrs: return '?'
+    return 'none' if attrs['budget'] is None else f"{attrs['budget'] / 60:g} min"
