@@ -112,12 +112,19 @@ def test_interrupted_fold_resumes_to_the_same_files(when, resumes_at, data, refe
 def test_a_run_is_extended_on_a_machine_with_another_precision(data, tmp_path, monkeypatch):
     import thera_fastai.config as config
     monkeypatch.setattr(config, 'native_bf16', lambda device='cpu': True)   # a CPU with bf16: auto resolves to bf16
+    monkeypatch.setattr(config, 'cpu_model', lambda: 'Zen 4, avx512f avx512_bf16')
     args = dict(FIT, epochs=1, tta=0, precision='auto')
     tf.fit(data, tmp_path/'run', fold=0, **args)
     monkeypatch.setattr(config, 'native_bf16', lambda device='cpu': False)
+    monkeypatch.setattr(config, 'cpu_model', lambda: 'Zen 2, avx2')
     summary = tf.fit(data, tmp_path/'run', fold=1, **{**args, 'precision': 'fp32'})
     assert summary['complete'] and [summary['folds'][k]['runtime']['precision'] for k in (0, 1)] == ['bf16', 'fp32']
-    assert '(cpu bf16)' in (tmp_path/'run'/'report.md').read_text() and '(cpu fp32)' in (tmp_path/'run'/'report.md').read_text()
+    report = (tmp_path/'run'/'report.md').read_text()
+    assert '(cpu bf16)' in report and '(cpu fp32)' in report
+    threads = summary['folds'][0]['runtime']['threads']
+    machine = report.split('## Machine\n\n')[1].split('\n\n')[0].splitlines()
+    assert [l.split('; host')[0] for l in machine] == [f"- fold 0: Zen 4, avx512f avx512_bf16; cpu, {threads} threads",
+                                                       f"- fold 1: Zen 2, avx2; cpu, {threads} threads"]
 
 
 def test_another_config_in_the_same_folder_is_refused_before_anything_is_written(reference, data):
@@ -286,3 +293,14 @@ def test_the_ids_of_runs_written_before_the_latest_fields_still_hold():
     from thera_fastai.runs import run_id
     assert run_id(tf.FitConfig(), 'dkey') == 'bfab4d0e49c77470'
     assert run_id(tf.FitConfig(method='airbench', folds=2), 'dkey') == '288412fa57077a8b'
+
+
+def test_the_report_groups_folds_by_the_machine_they_ran_on():
+    from thera_fastai.analysis.report import _machines
+    here = dict(cpu='Zen 4, avx512f avx512_bf16', device='cpu', threads=2, world_size=1, host='a')
+    folds = {0: dict(runtime=here), 2: dict(runtime=here), 1: dict(runtime={**here, 'world_size': 2, 'host': 'b'}),
+             3: dict(runtime={k: v for k, v in here.items() if k != 'cpu'})}     # a fold from before the CPU was recorded
+    assert _machines(folds) == ['- folds 0, 2: Zen 4, avx512f avx512_bf16; cpu, 2 threads; host a',
+                                '- fold 1: Zen 4, avx512f avx512_bf16; cpu, 2 threads, 2 processes; host b',
+                                '- fold 3: CPU not recorded; cpu, 2 threads; host a']
+    assert _machines({}) == ['- no fold finished']

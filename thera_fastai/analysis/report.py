@@ -89,6 +89,18 @@ def _budget_note(f):
             f"({f['epochs_run']:.2f} epochs), re-planned {replans}x")
 
 
+def _machines(folds):
+    "Where the folds ran, as list lines: CPU, threads, processes and host, folds that share them on one line."
+    groups = {}
+    for k, f in sorted(folds.items(), key=lambda kv: int(kv[0])):
+        rt = f.get('runtime') or {}
+        where = (rt.get('cpu') or 'CPU not recorded', rt.get('device', '?'), rt.get('threads', '?'), rt.get('world_size', 1), rt.get('host'))
+        groups.setdefault(where, []).append(str(k))
+    return [f"- fold{'s' if len(ks) > 1 else ''} {', '.join(ks)}: {cpu}; {device}, {threads} threads"
+            + (f", {ws} processes" if ws != 1 else '') + (f"; host {host}" if host else '')
+            for (cpu, device, threads, ws, host), ks in groups.items()] or ['- no fold finished']
+
+
 def markdown_report(summary):
     "The summary as a Markdown page: per-fold and pooled out-of-fold metrics, threshold, time, how each fold ran, config."
     head = "| | " + ' | '.join(c.upper() if c != 'balanced_acc' else 'BA' for c in _COLS) + " | note |"
@@ -110,6 +122,7 @@ def markdown_report(summary):
                   f"(its honest estimate is the cross-fitted row).",
                   "", "![loss and HTER per epoch](history.png) ![ROC](roc.png) ![confusion matrix](confusion.png)"]
     lines += ["", "## Config", "", "```json", json.dumps(summary['config'], indent=1), "```", "",
+              "## Machine", "", *_machines(summary['folds']), "",
               "## Versions", "", ', '.join(f"{k} {v}" for k, v in summary['versions'].items())]
     return '\n'.join(lines) + '\n'
 
