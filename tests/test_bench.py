@@ -1,4 +1,4 @@
-"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; a study table comes from thera-compare's files; the ensemble study runs end to end and writes its tables with paired intervals; the conv floor times each convolution; the batch sweep times each batch size."""
+"""The benchmark scripts: each budget candidate is a valid recipe whose teacher trains first; a study table comes from thera-compare's files; the lever ledger gathers the studies' levers; the ensemble study runs end to end and writes its tables with paired intervals; the conv floor times each convolution; the batch sweep times each batch size."""
 import os, re, subprocess, sys
 from pathlib import Path
 
@@ -46,6 +46,31 @@ def test_a_study_table_is_made_from_a_thera_compare_folder(tmp_path):
     assert rows == ['| base | budget=10m | 1,000 | 7.5 | 0.0876 | 0.9693 | - | baseline |',
                     '| narrow | widths=[48, 192, 192], budget=10m | 2,000 | 7.9 | 0.0832 | 0.9702 | -0.0043 [-0.0096, +0.0004] | within the noise |']
     assert method_study.study_markdown(method_study.pd.read_csv(tmp_path/'method_study.csv')).splitlines()[2:] == rows  # --table remakes it
+
+
+def _study_csv(path, rows):
+    cols = 'run,recipe,epochs,hter_cross,diff,lo,hi,verdict'
+    path.write_text(cols + '\n' + '\n'.join(rows) + '\n')
+    return path
+
+
+def test_the_lever_ledger_keeps_each_lever_once_with_what_it_changes_and_the_best_its_interval_allows(tmp_path):
+    import lever_ledger
+    a = _study_csv(tmp_path/'study_a.csv', ['def,"widths=[64, 256, 256], budget=30m",7.3,0.0772,,,,',
+                                             'again,"widths=[64, 256, 256], budget=30m",6.0,0.0777,0.0005,-0.0028,0.0065,within the noise',
+                                             'wide,"widths=[80, 320, 320], budget=30m",4.8,0.0700,-0.0072,-0.0110,-0.0030,wide is better than def'])
+    b = _study_csv(tmp_path/'study_b.csv', ['def,"widths=[64, 256, 256], budget=30m",7.3,0.0772,,,,',
+                                             'again,"widths=[64, 256, 256], budget=30m",6.0,0.0777,0.0005,-0.0028,0.0065,within the noise',
+                                             'mix,"widths=[64, 256, 256], mixup=0.4, budget=30m",6.9,0.0806,0.0034,-0.0012,0.0083,within the noise',
+                                             'unpaired,"widths=[64, 256, 256], head=grid, budget=30m",6.6,0.0800,,,,'])
+    frame = lever_ledger.ledger([b, a])
+    assert list(frame.lever) == ['wide', 'again', 'mix']  # ordered by difference; 'again' once; no row without a paired difference
+    assert list(frame.change) == ['widths=[80, 320, 320]', 'the baseline again', 'mixup=0.4']
+    assert frame.loc[frame.lever == 'again', 'study'].item() == 'study_a'  # kept from the first study that has it
+    assert frame.best_allowed.round(4).tolist() == [0.0662, 0.0744, 0.0760]
+    rows = lever_ledger.markdown(frame, goal=0.07).splitlines()[2:]
+    assert [r.split(' | ')[8] for r in rows] == ['within its interval', 'no', 'no']
+    assert rows[0].startswith('| wide | widths=[80, 320, 320] | study_a | def (0.0772) | 0.0700 | 4.8 | -0.0072 [-0.0110, -0.0030] | 0.0662 |')
 
 
 def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path):

@@ -45,6 +45,8 @@ def _study_tables():
     studies += [(p, noise_study.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('noise_*.csv'))]
     studies += [(d, ensemble_study.markdown(*(pd.read_csv(d/f) for f in ensemble_study.TABLES)))
                 for d in sorted((ROOT/'docs').glob('ensemble_*')) if d.is_dir()]
+    import lever_ledger
+    studies.append((ROOT/'docs'/'study_30m_bf16*.csv', lever_ledger.markdown(lever_ledger.ledger((ROOT/'docs').glob('study_30m_bf16*.csv')))))
     return studies
 
 
