@@ -50,7 +50,7 @@ from thera_fastai.train.training import train_fold  # noqa: E402
 TABLES = ('predictors.csv', 'differences.csv')
 # FitConfig fields added since members were first identified: left out while unset, so finished members are still
 # reused (as `runs.run_id` leaves them out of a run's id)
-LATER_FIELDS = ('head',)
+LATER_FIELDS = ('head', 'train_seed')
 PROBS, PROBS_KEY = 'held_out_probs.csv', 'held_out_probs.key'
 
 

@@ -37,18 +37,27 @@ def study_table(compare_csv, paired_csv):
     "The raw study table: one row per candidate, its cost and HTER, and its difference from the first with the interval."
     frame = pd.read_csv(compare_csv)
     frame['run'] = frame['run'].map(lambda r: Path(r).name)
-    paired = pd.read_csv(paired_csv)[['run', 'diff', 'lo', 'hi', 'verdict']]
-    return frame.merge(paired, on='run', how='left')
+    paired = pd.read_csv(paired_csv)
+    return frame.merge(paired[[c for c in PAIRED_COLUMNS if c in paired]], on='run', how='left')
+
+
+PAIRED_COLUMNS = ('run', 'diff', 'lo', 'hi', 'verdict', 'auc_diff', 'auc_lo', 'auc_hi', 'ranking')  # the AUC's: thera-compare 0.25.0 on
+
+
+def interval_text(value, lo, hi):
+    "A difference and its interval as the study tables print them; '-' for the baseline's empty cells."
+    return '-' if pd.isna(value) else f"{value:+.4f} [{lo:+.4f}, {hi:+.4f}]"
 
 
 def study_markdown(table):
-    "The study table as Markdown, from its CSV."
-    lines = ["| candidate | recipe | images seen | minutes | HTER cross-fitted | AUC | difference from the first [95%] | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+    "The study table as Markdown, from its CSV; with the AUC difference and its verdict where the CSV has them."
+    ranked = 'auc_diff' in table
+    lines = ["| candidate | recipe | images seen | minutes | HTER cross-fitted | AUC | difference from the first [95%] | verdict |"
+             + (" AUC difference [95%] | ranking |" if ranked else ''), "|---|---|---|---|---|---|---|---|" + ('---|---|' if ranked else '')]
     for r in table.itertuples():
-        diff = '-' if pd.isna(r.diff) else f"{r.diff:+.4f} [{r.lo:+.4f}, {r.hi:+.4f}]"
-        lines.append(f"| {r.run} | {r.recipe} | {r.images_seen:,} | {r.minutes:.1f} | {r.hter_cross:.4f} | {r.auc:.4f} | {diff} | "
-                     f"{'baseline' if pd.isna(r.verdict) else r.verdict} |")
+        lines.append(f"| {r.run} | {r.recipe} | {r.images_seen:,} | {r.minutes:.1f} | {r.hter_cross:.4f} | {r.auc:.4f} | "
+                     f"{interval_text(r.diff, r.lo, r.hi)} | {'baseline' if pd.isna(r.verdict) else r.verdict} |"
+                     + (f" {interval_text(r.auc_diff, r.auc_lo, r.auc_hi)} | {'baseline' if pd.isna(r.ranking) else r.ranking} |" if ranked else ''))
     return '\n'.join(lines) + '\n'
 
 

@@ -2,6 +2,7 @@
 import os, re, subprocess, sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -46,6 +47,12 @@ def test_a_study_table_is_made_from_a_thera_compare_folder(tmp_path):
     assert rows == ['| base | budget=10m | 1,000 | 7.5 | 0.0876 | 0.9693 | - | baseline |',
                     '| narrow | widths=[48, 192, 192], budget=10m | 2,000 | 7.9 | 0.0832 | 0.9702 | -0.0043 [-0.0096, +0.0004] | within the noise |']
     assert method_study.study_markdown(method_study.pd.read_csv(tmp_path/'method_study.csv')).splitlines()[2:] == rows  # --table remakes it
+    (tmp_path/'paired.csv').write_text("run,baseline,diff,lo,hi,se,n_rows,n_boot,auc_diff,auc_lo,auc_hi,verdict,ranking\n"
+                                       "narrow,base,-0.0043,-0.0096,0.0004,0.0026,20000,1000,0.0009,0.0003,0.0015,within the noise,narrow ranks better than base\n")
+    method_study.write_study(tmp_path)  # a comparison that reads the AUC too: its difference and verdict join the table
+    ranked = (tmp_path/'method_study.md').read_text().splitlines()
+    assert ranked[0].endswith('| verdict | AUC difference [95%] | ranking |') and ranked[1].count('|') == 11
+    assert ranked[2:] == [rows[0] + ' - | baseline |', rows[1] + ' +0.0009 [+0.0003, +0.0015] | narrow ranks better than base |']
 
 
 def _study_csv(path, rows):
@@ -71,6 +78,46 @@ def test_the_lever_ledger_keeps_each_lever_once_with_what_it_changes_and_the_bes
     rows = lever_ledger.markdown(frame, goal=0.07).splitlines()[2:]
     assert [r.split(' | ')[8] for r in rows] == ['within its interval', 'no', 'no']
     assert rows[0].startswith('| wide | widths=[80, 320, 320] | study_a | def (0.0772) | 0.0700 | 4.8 | -0.0072 [-0.0110, -0.0030] | 0.0662 |')
+
+
+def test_a_shifted_view_moves_the_image_and_reflects_its_border():
+    import tta_study
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    down = tta_study.shifted(images, 2, 2)
+    assert down.shape == images.shape and down.flags.c_contiguous
+    assert (down[:, 2:, 2:] == images[:, :-2, :-2]).all()  # moved down and right by two
+    assert (down[:, 0, 2:] == images[:, 2, :-2]).all() and (down[:, 1, 2:] == images[:, 1, :-2]).all()  # reflected
+    assert (tta_study.shifted(images, -1, -1)[:, :-1, :-1] == images[:, 1:, 1:]).all()
+    views = tta_study.view_images(images)
+    assert len(views) == 2 + 4 * len(tta_study.SHIFTS)
+    assert (views['mirror'] == images[:, :, ::-1]).all()
+    assert (views['mirror_shift+1'] == tta_study.shifted(images[:, :, ::-1], 1, 1)).all()
+
+
+def test_the_tta_study_averages_each_schemes_views_and_pairs_it_with_the_packages_tta(tmp_path, monkeypatch):
+    import tta_study
+    rng = np.random.default_rng(0)
+    labels = (rng.random(4000) > 0.3).astype(int)
+    def noisy(scale): return np.clip(0.5 + (labels - 0.5) * 0.4 + rng.normal(0, scale, len(labels)), 0, 1)
+    names = tta_study.VIEW_NAMES
+    probs = {n: noisy(0.35) for n in names} | {'random4': noisy(0.6), 'fit': noisy(0.6)}  # the package's TTA made clearly worse
+    rows = pd.DataFrame({'row': np.arange(len(labels)), 'label': labels})
+    monkeypatch.setattr(tta_study, 'view_probs', lambda run, fold, data, random_ns, log=print: (probs, labels, rows))
+    table = tta_study.study('runs/x', 0, None, [4], n_boot=200).set_index('scheme')
+    assert table.loc['random 4 (the package)', 'verdict'] == 'baseline' and table.loc['plain', 'passes'] == 1
+    assert table.loc["random 4, the fit's own draws", 'passes'] == 5
+    views = dict(zip(['mirror', 'mirror, shifts of 1 px (airbench)', 'all 10 views'], [
+        (probs['plain'] + probs['mirror']) / 2,
+        (probs['plain'] + probs['mirror']) / 4 + sum(probs[f'{m}shift{t}1'] for t in '+-' for m in ('', 'mirror_')) / 8,
+        np.mean([probs[n] for n in names], axis=0)]))
+    groups = rows['row'].to_numpy() % 2
+    for name, p in views.items():
+        assert table.loc[name, 'hter_cross'] == pytest.approx(cross_fitted_hter_of(p, labels, groups))
+        assert table.loc[name, 'hi'] < 0 and table.loc[name, 'verdict'].endswith('is better than random 4 (the package)')
+        assert table.loc[name, 'auc_lo'] > 0 and table.loc[name, 'ranking'].endswith('ranks better than random 4 (the package)')
+    assert table.loc['all 10 views', 'hter_cross'] < table.loc['plain', 'hter_cross']  # averaging views cuts the noise
+    tta_study.study('runs/x', 0, None, [4], n_boot=20).to_csv(tmp_path/'t.csv', index=False)
+    assert tta_study.markdown(pd.read_csv(tmp_path/'t.csv')).count('\n') == 2 + len(table)
 
 
 def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path):

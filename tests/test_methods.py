@@ -384,6 +384,35 @@ def test_the_paired_interval_covers_a_known_difference_and_says_so():
     assert same['diff'] == same['lo'] == same['hi'] == 0 and verdict(same) == 'within the noise'
 
 
+def test_the_auc_interval_covers_a_known_ranking_difference_and_shows_a_small_one_the_hter_misses():
+    from thera_fastai.analysis.paired import ranking_verdict
+    from thera_fastai.metrics import auc
+    rng = np.random.default_rng(4)
+    big = (rng.random(200_000) > 0.15).astype(int)
+    weak, strong = _scores(rng, big, 1.0), _scores(rng, big, 1.3)
+    hard = rng.normal(0, 1, len(big))  # each row's difficulty: two runs of one family share most of their errors
+    def sharing(strength): return 1 / (1 + np.exp(-(strength * (2 * big - 1) + hard + rng.normal(0, 0.4, len(big)))))
+    base, closer = sharing(1.0), sharing(1.06)
+    truth = auc(strong, big) - auc(weak, big)
+    covered, ranked, small_auc, small_hter = 0, 0, 0, 0
+    for seed in range(10):
+        rows = np.random.default_rng(seed).choice(len(big), 3000, replace=False)
+        d = paired_difference(weak[rows], strong[rows], big[rows], rows % 2, n_boot=150, seed=seed)
+        assert d['auc_diff'] == pytest.approx(auc(strong[rows], big[rows]) - auc(weak[rows], big[rows]), abs=1e-12)
+        covered += d['auc_lo'] <= truth <= d['auc_hi']
+        ranked += ranking_verdict(d, 'weak', 'strong') == 'strong ranks better than weak'
+        near = paired_difference(base[rows], closer[rows], big[rows], rows % 2, n_boot=150, seed=seed)  # a small gain
+        small_auc += ranking_verdict(near) == 'b ranks better than a'
+        small_hter += verdict(near) == 'b is better than a'
+    assert covered >= 8 and ranked == 10
+    assert small_auc >= small_hter + 4  # the ranking shows the small gain on more of the same draws than the HTER does
+    rows = np.arange(3000)
+    swapped = paired_difference(strong[rows], weak[rows], big[rows], rows % 2, n_boot=100)
+    assert swapped['auc_hi'] < 0 and ranking_verdict(swapped, 'strong', 'weak') == 'weak ranks worse than strong'
+    same = paired_difference(weak[rows], weak[rows], big[rows], rows % 2, n_boot=100)
+    assert same['auc_diff'] == same['auc_lo'] == same['auc_hi'] == 0 and ranking_verdict(same) == 'within the noise'
+
+
 def test_the_paired_interval_at_fixed_thresholds_covers_a_known_difference_of_decisions():
     from thera_fastai.metrics import hter
     rng = np.random.default_rng(3)
@@ -420,6 +449,19 @@ def test_the_blend_is_compared_with_the_first_run_and_with_the_best():
     assert paired['diff'].tolist() == pytest.approx([hter['strong'] - hter['weak'], hter['blend'] - hter['weak'], hter['blend'] - hter['strong']])
     assert '| blend minus strong |' in paired_markdown(paired) and '| blend |' in paired_markdown(paired)
     assert list(paired_differences(joint.assign(prob_weak=joint['prob_strong'] * 0.9), ['strong', 'weak'], n_boot=5)['run']) == ['weak', 'blend']  # the first is the best
+
+
+def test_the_comparison_says_where_the_ranking_differs_beyond_the_noise_and_the_hter_does_not():
+    import pandas as pd
+    from thera_fastai.analysis.comparison import paired_markdown
+    rows = [dict(run='wide', baseline='def', diff=0.0017, lo=-0.0024, hi=0.0073, se=0.0024, n_rows=20000, n_boot=1000,
+                 auc_diff=-0.0004, auc_lo=-0.0014, auc_hi=0.0006, verdict='within the noise', ranking='within the noise'),
+            dict(run='blend', baseline='def', diff=0.0006, lo=-0.0046, hi=0.0030, se=0.0020, n_rows=20000, n_boot=1000,
+                 auc_diff=0.0009, auc_lo=0.0003, auc_hi=0.0015, verdict='within the noise', ranking='blend ranks better than def')]
+    text = paired_markdown(pd.DataFrame(rows))
+    assert '| blend | +0.0006 | [-0.0046, +0.0030] | 0.0020 | within the noise | +0.0009 [+0.0003, +0.0015] | blend ranks better than def |' in text
+    assert text.rstrip().splitlines()[-1].startswith('blend: the AUC difference is beyond the noise and the HTER difference is not.')
+    assert 'beyond the noise and the HTER' not in paired_markdown(pd.DataFrame(rows[:1]))
 
 
 def test_the_paired_point_estimate_is_the_reports_cross_fitted_hter():

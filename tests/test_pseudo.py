@@ -113,7 +113,7 @@ def test_an_interrupted_pseudo_fit_resumes_to_the_same_weights(data, teacher, tm
 def test_the_teacher_and_its_settings_are_part_of_the_run_and_a_run_without_them_keeps_its_id(data, teacher, tmp_path):
     from thera_fastai.runs import run_id
     plain = tf.FitConfig(arch='simple', folds=2, bs=16, tta=0)
-    added_since = ('pseudo', 'pseudo_confidence', 'pseudo_targets', 'resolution', 'mixup', 'balance_strength', 'head')  # fields added since these ids were first written; off here
+    added_since = ('pseudo', 'pseudo_confidence', 'pseudo_targets', 'resolution', 'mixup', 'balance_strength', 'head', 'train_seed')  # fields added since these ids were first written; off here
     legacy = {k: v for k, v in plain.to_dict().items() if k not in added_since}
     from thera_fastai.files import short_hash
     assert run_id(plain, 'dkey') == short_hash(legacy, 'dkey')  # the identity configs had before the pseudo fields

@@ -48,6 +48,7 @@ def test_config_defaults_come_from_the_recipe():
     (dict(arch='vgg'), "arch 'vgg' is neither a package model"),
     (dict(label_smoothing=1.0), 'label_smoothing must be in [0, 1)'),
     (dict(sample=2), 'sample must be an integer of at least 4'),
+    (dict(train_seed=-1), 'train_seed must be an integer of at least 0'),
 ])
 def test_bad_config_values_name_the_parameter(kwargs, message):
     with pytest.raises(TheraError) as e: FitConfig(**kwargs)
@@ -204,3 +205,16 @@ def test_cross_fitted_threshold_uses_other_rows_only():
         mine = half == h
         want_one[mine] = prob[mine] >= _hter_minimizing_threshold(prob[~mine], label[~mine])
     assert np.array_equal(cross_fitted_decisions(one).astype(bool), want_one)
+
+
+def test_a_train_seed_retrains_on_the_same_folds_and_unset_is_the_fold_seed(data, tmp_path):
+    import json
+    import thera_fastai as tf
+    kw = dict(arch='simple', folds=2, fold=0, epochs=1, bs=16, tta=2, precision='fp32', log=lambda *_: None)
+    runs = {name: tf.fit(data, tmp_path/name, **kw, **extra) and pd.read_csv(tmp_path/name/'fold0'/'oof.csv')
+            for name, extra in [('default', {}), ('other', dict(train_seed=7)), ('same', dict(train_seed=42))]}
+    assert all((r['row'] == runs['default']['row']).all() for r in runs.values())  # the folds stay
+    assert not np.allclose(runs['other']['prob'], runs['default']['prob'])  # the initialization, batches and draws change
+    assert np.array_equal(runs['same']['prob_tta'], runs['default']['prob_tta'])  # 42 is the fold seed: the same training
+    ids = {name: json.loads((tmp_path/name/'config.json').read_text())['run_id'] for name in runs}
+    assert len(set(ids.values())) == 3  # a train seed set is part of the run, even the fold seed's own value

@@ -114,7 +114,8 @@ def fit(
     out:str = None, # Run folder (default: runs/<arch>, or runs/<arch>-<what differs from its recipe> for a variant)
     fold:int = None, # Train only this fold (0-based)
     sample:int = _D.sample, # Stratified subset of N images, for quick runs
-    seed:int = _D.seed, # Seed for folds, sampling, initialization and TTA
+    seed:int = _D.seed, # Seed for folds and sampling, and for initialization and TTA unless --train-seed is set
+    train_seed:int = _D.train_seed, # Seed of the training alone (initialization, batch order, augmentation, TTA draws), the folds kept: a rerun that shows the training's own noise
     bs:int = _D.bs, # Batch size (default: the arch's recipe)
     lr:float = _D.lr, # Peak learning rate (default: the arch's recipe, config.RECIPES; the airbench method's is per 1024 examples, config.AIRBENCH)
     wd:float = _D.wd, # Weight decay (default: the method's, config.METHOD_DEFAULTS and config.AIRBENCH)
@@ -154,7 +155,7 @@ def fit(
         _require(data=data)
         _quiet_third_party()
         from .api import fit as fit_run
-        config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, bs=bs, lr=lr, wd=wd, tta=tta,
+        config = dict(arch=arch, method=method, budget=parse_duration(budget), hyp=parse_hyp(hyp), folds=folds, epochs=epochs, sample=sample, seed=seed, train_seed=train_seed, bs=bs, lr=lr, wd=wd, tta=tta,
                       balance=balance, balance_strength=balance_strength, flip=not no_flip, max_rotate=max_rotate, max_shift_px=max_shift_px, schedule=schedule,
                       label_smoothing=label_smoothing, head=head, stem=stem, pretrained=pretrained, weights=weights, resize_from=resize_from,
                       widths=parse_widths(widths, arch), resolution=resolution, ema=ema, bootstrap=bootstrap, mixup=mixup, exclude=exclude, distill=distill, distill_weight=distill_weight,

@@ -99,7 +99,8 @@ class FitConfig:
     bs: int = None  # Batch size (None: the arch's recipe)
     lr: float = None  # Peak learning rate (None: the arch's recipe)
     wd: float = None  # Weight decay (adam: 0.01, fastai's decoupled, not on BatchNorm or biases; airbench: per 1024 examples)
-    seed: int = 42  # Seed for folds, sampling, initialization and TTA
+    seed: int = 42  # Seed for folds and sampling, and for initialization and TTA unless train_seed is set
+    train_seed: int = None  # Seed of the training's own randomness (initialization, batch order, augmentation, TTA draws) on the same folds (None: seed)
     balance: str = 'sampler'  # Class balance: sampler (weighted DataLoader), loss (class-weighted BCE) or none
     balance_strength: float = None  # How far --balance evens the classes: weights ~ class frequency^-s (None: 1, fully; 0.5: halfway on a log scale)
     schedule: str = 'one_cycle'  # LR schedule: one_cycle, step (x0.1 every 10 epochs, the seed's StepLR) or constant
@@ -178,6 +179,7 @@ class FitConfig:
             if self.method == 'adam' and self.schedule != 'one_cycle': raise TheraError("runs the one-cycle schedule over its steps (drop --schedule)", param='budget')
         if self.method == 'airbench' and self.arch != 'airbench': raise TheraError("the airbench method trains --arch airbench only", param='method')
         _at_least(self.tta, 0, 'tta'); _at_least(self.max_shift_px, 0, 'max_shift_px'); _at_least(self.seed, 0, 'seed')
+        if self.train_seed is not None: _at_least(self.train_seed, 0, 'train_seed')
         if self.sample is not None: _at_least(self.sample, 4, 'sample')
         top = 10 if self.method == 'adam' else 1000  # airbench's lr is per 1024 examples (11.5 on CIFAR-10)
         if not isinstance(self.lr, (int, float)) or not 0 < self.lr < top: raise TheraError(f"must be in (0, {top}) (got {self.lr!r})", param='lr')
@@ -242,6 +244,11 @@ class FitConfig:
     def aug_kwargs(self):
         "Keyword arguments of the batch augmentation; airbench's alternating flip replaces the random one."
         return dict(flip=self.flip and not self.alternating_flip, max_rotate=self.max_rotate, max_shift_px=self.max_shift_px)
+
+    @property
+    def training_seed(self):
+        "The seed of the training's randomness: `train_seed`, or `seed` when it is unset."
+        return self.seed if self.train_seed is None else self.train_seed
 
     @property
     def alternating_flip(self): return self.flip and self.method == 'airbench' and self.hyp['alt_flip']

@@ -34,13 +34,13 @@ def run_id(cfg: FitConfig, dkey, teacher_id=None, unlabeled_key=None):
     """The run's identity: a hash of what decides its result (the config and the data), never of how it runs.
     Paths are not part of it: the excluded rows count by content (they are in `dkey`), a teacher by `teacher_identity` (a distilling run's with how its targets are made), the
     pseudo-labelled images by their source key (`unlabeled_key`). Without `pseudo` its settings are left out, and
-    without Muon its settings, and `resolution`, `mixup`, `balance_strength` and `head` where they are unset (full size, no MixUp, full balance, airbench's pooling), so the ids of runs written before they existed still hold."""
+    without Muon its settings, and `resolution`, `mixup`, `balance_strength`, `head` and `train_seed` where they are unset (full size, no MixUp, full balance, airbench's pooling, the fold seed), so the ids of runs written before they existed still hold."""
     identity = cfg.to_dict()
     if cfg.exclude is not None: identity['exclude'] = 'rows in the data key'
     if cfg.distill is not None:  # a run's targets are mapped back from its smoothing; a table's are used as they are
         identity['distill'] = [teacher_id, 'as listed' if teacher_id.startswith(TABLE_ID) else 'unsmoothed']
     if identity.get('hyp') and not identity['hyp'].get('muon'): identity['hyp'] = {k: v for k, v in identity['hyp'].items() if k not in MUON_KEYS}
-    for k in ('resolution', 'mixup', 'balance_strength', 'head'):
+    for k in ('resolution', 'mixup', 'balance_strength', 'head', 'train_seed'):
         if getattr(cfg, k) is None: identity.pop(k)
     if cfg.pseudo is None:
         for k in PSEUDO_FIELDS: identity.pop(k)

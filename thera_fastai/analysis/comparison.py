@@ -134,15 +134,24 @@ def plot_comparison(frame, path, fold=None):
 
 def paired_markdown(paired):
     """The paired differences as a Markdown section, each run against the baseline, then the blend against the baseline
-    and the best run, with the interval in words."""
+    and the best run, with the intervals in words: the HTER's, and the AUC's, which reads the ranking over every
+    threshold and so shows a difference too small for the HTER of these rows; then what a disagreement of the two means."""
     base = paired['baseline'].iloc[0]
     lines = ["## Differences beyond noise", "",
              f"HTER of each run minus {base}'s on the {paired['n_rows'].iloc[0]:,} rows both scored, thresholds "
              f"cross-fitted; 95% paired bootstrap interval over {paired['n_boot'].iloc[0]:,} resamples of the rows (within each label). "
+             "AUC of each run minus the baseline's on the same resamples (positive: it ranks the rows better). "
              f"`blend`: the runs' mean probability, against {base} and against the best run.", "",
-             "| run | HTER difference | 95% interval | standard error | verdict |", "|---|---|---|---|---|"]
-    lines += [f"| {r.run if r.baseline == base else f'{r.run} minus {r.baseline}'} | {r.diff:+.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | {r.se:.4f} | {r.verdict} |"
+             "| run | HTER difference | 95% interval | standard error | verdict | AUC difference [95%] | ranking |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r.run if r.baseline == base else f'{r.run} minus {r.baseline}'} | {r.diff:+.4f} | [{r.lo:+.4f}, {r.hi:+.4f}] | "
+              f"{r.se:.4f} | {r.verdict} | {r.auc_diff:+.4f} [{r.auc_lo:+.4f}, {r.auc_hi:+.4f}] | {r.ranking} |"
               for r in paired.itertuples()]
+    unresolved = [r.run for r in paired.itertuples() if r.verdict == 'within the noise' and r.ranking != 'within the noise']
+    if unresolved:
+        lines += ["", f"{', '.join(unresolved)}: the AUC difference is beyond the noise and the HTER difference is not. The AUC "
+                  "reads every threshold and the HTER one, so the gain may lie away from the threshold used, or be smaller than "
+                  "these rows show at one; score more rows (more folds) before changing a default on it."]
     return '\n'.join(lines) + '\n'
 
 

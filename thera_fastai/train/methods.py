@@ -225,5 +225,5 @@ def method_callbacks(cfg, total_steps, n_rows):
     cbs = [StepSchedule({'lr': lambda pos: [r * curve(pos) for r in lrs]}, total_steps), StopAtStep(total_steps)]
     if hyp['whiten']: cbs.append(WhitenBiasFreeze(hyp['whiten_bias'], total_steps))
     if hyp['lookahead']: cbs.append(Lookahead(total_steps, hyp['lookahead_every']))
-    if cfg.alternating_flip: cbs.append(AlternatingFlip(n_rows, cfg.seed))
+    if cfg.alternating_flip: cbs.append(AlternatingFlip(n_rows, cfg.training_seed))
     return cbs

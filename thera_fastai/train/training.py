@@ -62,7 +62,7 @@ def _whiten(learn, cfg, images, train_idx, stats):
     "airbench's whitening layer, set from (a seeded sample of) this fold's training rows only."
     if cfg.method != 'airbench' or not cfg.hyp['whiten']: return
     rows = np.asarray(train_idx)
-    if len(rows) > cfg.hyp['whiten_images']: rows = np.sort(np.random.default_rng(cfg.seed).choice(rows, cfg.hyp['whiten_images'], replace=False))
+    if len(rows) > cfg.hyp['whiten_images']: rows = np.sort(np.random.default_rng(cfg.training_seed).choice(rows, cfg.hyp['whiten_images'], replace=False))
     mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in stats)
     x = (torch.from_numpy(images[rows]).permute(0, 3, 1, 2).float() / 255 - mean) / std
     model = _unwrapped(learn.model)
@@ -80,13 +80,13 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     `cbs`: extra fastai callbacks for the fit. `unlabeled`: the val_img/ images that `cfg.pseudo` labels."""
     t0 = time.time()  # a budget counts from here
     folder = Path(folder).resolve()  # fastai joins relative file names onto learn.path, itself the fold folder
-    set_seed(cfg.seed + fold, reproducible=True)
+    set_seed(cfg.training_seed + fold, reproducible=True)
     stats = image_stats(images, train_idx)  # the labelled training rows only, as the whitening below
     fit_images, fit_labels, fit_idx, soft, pseudo = images, labels, train_idx, None, None
     if cfg.pseudo:
         if unlabeled is None: raise TheraError("needs the unlabelled images (train_fold's `unlabeled`)", param='pseudo')
         fit_images, fit_labels, fit_idx, soft, pseudo = with_pseudo_labels(cfg, images, labels, train_idx, valid_idx, unlabeled, runtime['device'], log, fold)
-        set_seed(cfg.seed + fold, reproducible=True)  # building the teacher's model drew from the generators (its TTA puts them back)
+        set_seed(cfg.training_seed + fold, reproducible=True)  # building the teacher's model drew from the generators (its TTA puts them back)
     dls = config_dataloaders(cfg, fit_images, fit_labels, fit_idx, valid_idx, stats, runtime['device'])
     learn = thera_learner(dls, cfg, folder, np.asarray(fit_labels)[fit_idx], runtime)
     _whiten(learn, cfg, images, train_idx, stats)
@@ -107,7 +107,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     cbs += extra
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
     t_fit = time.time()
-    with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.seed, fold):
+    with (nullcontext() if bars and is_main() else learn.no_bar()), data_parallel(learn, runtime['device'], cfg.training_seed, fold):
         try: _fit(learn, cfg, start, cbs, plan, replanning)
         finally:  # an error inside a batch (Ctrl-C, a diverged loss) must not leave the process in autocast either
             for cb in learn.cbs:
@@ -126,7 +126,7 @@ def _oof_probs(learn, dls, cfg, fold, last_valid=None):
     weights it ran on (the same pass, not run twice); TTA's augmented passes run here."""
     kept = last_valid.preds_for(learn.model, len(dls.valid.dataset)) if last_valid is not None else None
     compile = False if cfg.budget else None  # a budget's estimate has no room for compiling
-    return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True, plain=kept)
+    return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.training_seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True, plain=kept)
 
 
 def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None, last_valid=None):
