@@ -7,8 +7,8 @@ Run:  .venv/bin/python bench/tta_study.py --data ../shared/data/ml_exercise_ther
           [--fold 0] [--random 4,8] [--out docs/tta_study.csv]
 Each view is one pass of the model over the held-out rows: the image, its mirror, and the two kept at diagonal
 shifts of 1 and 2 pixels (reflected at the border), as airbench's TTA translates. The passes are kept in the run's
-fold folder (`tta_views.npz`) so a rerun only scores. `--out` writes the raw table as CSV; `--table CSV` prints it
-as Markdown."""
+fold folder (`tta_views.npz`, written atomically), so a rerun only scores while the fold's weights are unchanged.
+`--out` writes the raw table as CSV; `--table CSV` prints it as Markdown."""
 import argparse, sys, time, warnings
 from pathlib import Path
 
@@ -25,7 +25,8 @@ from thera_fastai.data.loaders import images_dl  # noqa: E402
 from thera_fastai.data.source import open_dataset  # noqa: E402
 from thera_fastai.infer.inference import predict_probs  # noqa: E402
 from thera_fastai.metrics import auc  # noqa: E402
-from thera_fastai.runs import fold_dir, open_run, run_data  # noqa: E402
+from thera_fastai.files import atomic_write, read_json  # noqa: E402
+from thera_fastai.runs import FOLD_FILE, WEIGHTS_FILE, fold_dir, open_run, run_data  # noqa: E402
 from thera_fastai.train.learner import load_fold_learner  # noqa: E402
 from method_study import interval_text  # noqa: E402
 
@@ -56,35 +57,39 @@ def view_images(images):
 def view_probs(run, fold, data, random_ns, log=print):
     """P(class 1) of fold `fold`'s model on its held-out rows under each view, the package's TTA at each of `random_ns`
     draws and as the fit drew it (`fit`: its `oof.csv`; the draws fall differently over another batching of the rows),
-    and the rows' labels and `oof.csv`; passes already in the fold's `VIEWS_FILE` are reused."""
+    and the rows' labels and `oof.csv`; passes in the fold's `VIEWS_FILE` are reused while the fold's weights are those
+    they were made with (by the hash `fold.json` keeps of them)."""
     folder = fold_dir(run, fold)
     oof = pd.read_csv(folder/'oof.csv')
-    store = folder/VIEWS_FILE
-    probs = dict(np.load(store)) if store.exists() else {}
+    store, weights = folder/VIEWS_FILE, read_json(folder/FOLD_FILE, 'fold file')['files'][WEIGHTS_FILE]
+    kept = dict(np.load(store)) if store.exists() else {}
+    probs = {k: v for k, v in kept.items() if k != 'weights'} if str(kept.get('weights')) == weights else {}
     wanted = VIEW_NAMES + [f'random{n}' for n in random_ns]
     if any(k not in probs for k in wanted):
         learn = load_fold_learner(folder)
         flip = FitConfig.from_dict(learn.fold_info['config']).alternating_flip
         images = cached_images(open_dataset(data or run_data(open_run(run))).train)[oof['row'].to_numpy()]
-        for name, imgs in view_images(np.asarray(images)).items():
+        for name, imgs in view_images(images).items():
             if name in probs: continue
             start = time.time()
             probs[name] = predict_probs(learn, images_dl(learn.dls, imgs, bs=512), tta=0, compile=False)
             log(f"{run} fold {fold}: {name} in {time.time() - start:.0f} s")
-        dl = images_dl(learn.dls, np.asarray(images), bs=512)
+        dl = images_dl(learn.dls, images, bs=512)
         for n in random_ns:
             if f'random{n}' in probs: continue
             start = time.time()
             probs[f'random{n}'] = predict_probs(learn, dl, tta=n, compile=False, flip=flip)
             log(f"{run} fold {fold}: {n} random draws in {time.time() - start:.0f} s")
-        np.savez(store, **probs)
+        def save(tmp):
+            with open(tmp, 'wb') as f: np.savez(f, weights=np.array(weights), **probs)
+        atomic_write(store, save)
     return probs | {'fit': oof['prob_tta'].to_numpy()}, oof['label'].to_numpy(), oof
 
 
 def schemes(probs, random_ns):
     """Each TTA scheme's name, its number of passes and its probabilities, from the views' probabilities. The random
     schemes are the package's (`predict_probs`: the draws' mean blended with the plain pass)."""
-    pair = lambda a, b: (a + b) / 2
+    def pair(a, b): return (a + b) / 2
     flip = pair(probs['plain'], probs['mirror'])
     out = [('plain', 1, probs['plain'])]
     out += [(f'random {n} (the package)' if n == 4 else f'random {n}', n + 1, probs[f'random{n}']) for n in random_ns]

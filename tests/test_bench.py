@@ -120,6 +120,27 @@ def test_the_tta_study_averages_each_schemes_views_and_pairs_it_with_the_package
     assert tta_study.markdown(pd.read_csv(tmp_path/'t.csv')).count('\n') == 2 + len(table)
 
 
+def test_the_tta_studys_passes_score_the_folds_held_out_rows_and_are_reused_while_its_weights_stay(data, tmp_path, monkeypatch):
+    import json
+    import thera_fastai as tf
+    import tta_study
+    run = tmp_path/'run'
+    tf.fit(data, run, arch='simple', folds=2, fold=0, epochs=1, bs=16, tta=2, precision='fp32', log=lambda *_: None)
+    oof = pd.read_csv(run/'fold0'/'oof.csv')
+    probs, labels, _ = tta_study.view_probs(run, 0, None, [2])
+    assert set(probs) == {*tta_study.VIEW_NAMES, 'random2', 'fit'} and (labels == oof['label']).all()
+    assert probs['plain'] == pytest.approx(oof['prob'].to_numpy(), abs=1e-5)  # the fit's own plain pass, rows in its order
+    assert not np.allclose(probs['mirror'], probs['plain'])
+    def refused(*_, **__): raise AssertionError('the model was loaded again')
+    monkeypatch.setattr(tta_study, 'load_fold_learner', refused)
+    again, _, _ = tta_study.view_probs(run, 0, None, [2])
+    assert all(np.array_equal(again[k], probs[k]) for k in probs)  # every pass from the fold's file
+    info = json.loads((run/'fold0'/'fold.json').read_text())
+    info['files']['model.safetensors'] = 'other weights'
+    (run/'fold0'/'fold.json').write_text(json.dumps(info))
+    with pytest.raises(AssertionError, match='loaded again'): tta_study.view_probs(run, 0, None, [2])  # new weights: passes again
+
+
 def test_the_adherence_table_reads_each_budgeted_folds_plan_and_minutes(tmp_path):
     import json, budget_adherence
     def fold(run, k, budget, **plan):
