@@ -57,7 +57,7 @@ def view_images(images):
 def view_probs(run, fold, data, random_ns, log=print):
     """P(class 1) of fold `fold`'s model on its held-out rows under each view, the package's TTA at each of `random_ns`
     draws and as the fit drew it (`fit`: its `oof.csv`; the draws fall differently over another batching of the rows),
-    and the rows' labels and `oof.csv`; passes in the fold's `VIEWS_FILE` are reused while the fold's weights are those
+    and the fold's `oof.csv` (its rows and labels); passes in the fold's `VIEWS_FILE` are reused while the fold's weights are those
     they were made with (by the hash `fold.json` keeps of them)."""
     folder = fold_dir(run, fold)
     oof = pd.read_csv(folder/'oof.csv')
@@ -83,7 +83,7 @@ def view_probs(run, fold, data, random_ns, log=print):
         def save(tmp):
             with open(tmp, 'wb') as f: np.savez(f, weights=np.array(weights), **probs)
         atomic_write(store, save)
-    return probs | {'fit': oof['prob_tta'].to_numpy()}, oof['label'].to_numpy(), oof
+    return probs | {'fit': oof['prob_tta'].to_numpy()}, oof
 
 
 def schemes(probs, random_ns):
@@ -106,7 +106,8 @@ def schemes(probs, random_ns):
 def study(run, fold, data, random_ns, baseline='random 4 (the package)', n_boot=1000, log=print):
     """One row per scheme of fold `fold` of `run`: passes, HTER cross-fitted, AUC, and the paired differences of both from
     `baseline`'s, with their intervals in words."""
-    probs, labels, oof = view_probs(run, fold, data, random_ns, log)
+    probs, oof = view_probs(run, fold, data, random_ns, log)
+    labels = oof['label'].to_numpy()
     groups = cross_fit_groups(oof.assign(fold=fold))
     rows = schemes(probs, random_ns)
     base = dict((n, p) for n, _, p in rows)[baseline]

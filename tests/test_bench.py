@@ -102,7 +102,7 @@ def test_the_tta_study_averages_each_schemes_views_and_pairs_it_with_the_package
     names = tta_study.VIEW_NAMES
     probs = {n: noisy(0.35) for n in names} | {'random4': noisy(0.6), 'fit': noisy(0.6)}  # the package's TTA made clearly worse
     rows = pd.DataFrame({'row': np.arange(len(labels)), 'label': labels})
-    monkeypatch.setattr(tta_study, 'view_probs', lambda run, fold, data, random_ns, log=print: (probs, labels, rows))
+    monkeypatch.setattr(tta_study, 'view_probs', lambda run, fold, data, random_ns, log=print: (probs, rows))
     table = tta_study.study('runs/x', 0, None, [4], n_boot=200).set_index('scheme')
     assert table.loc['random 4 (the package)', 'verdict'] == 'baseline' and table.loc['plain', 'passes'] == 1
     assert table.loc["random 4, the fit's own draws", 'passes'] == 5
@@ -127,13 +127,13 @@ def test_the_tta_studys_passes_score_the_folds_held_out_rows_and_are_reused_whil
     run = tmp_path/'run'
     tf.fit(data, run, arch='simple', folds=2, fold=0, epochs=1, bs=16, tta=2, precision='fp32', log=lambda *_: None)
     oof = pd.read_csv(run/'fold0'/'oof.csv')
-    probs, labels, _ = tta_study.view_probs(run, 0, None, [2])
-    assert set(probs) == {*tta_study.VIEW_NAMES, 'random2', 'fit'} and (labels == oof['label']).all()
+    probs, rows = tta_study.view_probs(run, 0, None, [2])
+    assert set(probs) == {*tta_study.VIEW_NAMES, 'random2', 'fit'} and rows.equals(oof)
     assert probs['plain'] == pytest.approx(oof['prob'].to_numpy(), abs=1e-5)  # the fit's own plain pass, rows in its order
     assert not np.allclose(probs['mirror'], probs['plain'])
     def refused(*_, **__): raise AssertionError('the model was loaded again')
     monkeypatch.setattr(tta_study, 'load_fold_learner', refused)
-    again, _, _ = tta_study.view_probs(run, 0, None, [2])
+    again, _ = tta_study.view_probs(run, 0, None, [2])
     assert all(np.array_equal(again[k], probs[k]) for k in probs)  # every pass from the fold's file
     info = json.loads((run/'fold0'/'fold.json').read_text())
     info['files']['model.safetensors'] = 'other weights'
