@@ -281,3 +281,24 @@ def test_an_archs_entry_names_the_stem_and_the_working_resolution():
     assert bench_speed.spec_config('airbench=32/128/128@32').widths == (32, 128, 128) and bench_speed.spec_config('simple=8/16,16').widths == ((8,), (16, 16))
     shapes = [s for _, s in bench_speed.conv_shapes(bench_speed.tf_model(bench_speed.spec_config('simple@32')))]
     assert shapes[:2] == [(3, 32, 32), (16, 16, 16)]  # the convolutions see the 32 px images
+
+
+@pytest.mark.slow
+def test_the_resume_bench_interrupts_a_budgeted_fold_and_reads_how_its_resume_kept_the_budget(tmp_path):
+    import resume_budget
+    from conftest import write_dataset
+    write_dataset(tmp_path/'data', n_train=400, n_val=8)
+    out, csv = tmp_path/'run', tmp_path/'resume.csv'
+    cmd = [sys.executable, str(Path(resume_budget.__file__)), '--data', str(tmp_path/'data'), '--out', str(out), '--folds', '2',
+           '--budget', '25s', '--stop-after', '3', '--threads', '1', '--resume-threads', '1', '--csv', str(csv),
+           '--fit-args', '--arch simple --bs 8 --tta 0 --precision fp32']  # 25 steps an epoch: room for the early re-plan
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    row = pd.read_csv(csv).iloc[0]
+    info = __import__('json').loads((out/'fold0'/'fold.json').read_text())
+    assert row.resumed_from_epoch == info['resumed_from_epoch'] >= 1 and row.resume_replans == 1 and row.resumed_step_s > 0
+    assert row.before_resume_min == pytest.approx(info['seconds_before_resume'] / 60) and 0 < row.before_resume_min < row.fold_min
+    assert row.steps == info['steps']['steps'] and row.kept_plan_min_at_least >= row.fold_min
+    assert row.fold_min < 25 / 60 * 1.5  # the two processes together, not the resumed one alone
+    table = resume_budget.markdown(pd.read_csv(csv)).splitlines()
+    assert table[2].startswith(f"| run | {info['versions']['thera_fastai']} | 0 | 1, 1 | {row.resumed_from_epoch - 1} |") and len(table) == 3

@@ -119,20 +119,54 @@ def test_a_budget_fit_replans_on_its_own_steps_where_the_probe_misjudged_them(da
     else: assert plan['steps'] > 3 * plan['probe_steps'] and plan['epochs'] > 1 >= math.ceil(plan['probe_steps'] / 12)  # more epochs than planned
 
 
+class _StopAfter(Callback):
+    "Interrupts the fit after epoch `epoch`'s checkpoint, as Ctrl-C would."
+    order = 99
+    def __init__(self, epoch): self.stop_epoch = epoch
+    def after_epoch(self):
+        if self.epoch == self.stop_epoch: raise KeyboardInterrupt
+
+
 def test_a_replanned_fit_resumes_to_its_replanned_steps(data, tmp_path, monkeypatch):
     _misjudged_probe(monkeypatch, 1.0)
-
-    class _Stop(Callback):
-        order = 99
-        def after_epoch(self):
-            if self.epoch == 1: raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[_Slow(0.1), _Stop()], **SLOW_FIT)
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[_Slow(0.1), _StopAfter(1)], **SLOW_FIT)
     monkeypatch.setattr('thera_fastai.train.training.measure_speed', None)  # a resumed fit does not probe again
     rates = _Rates()
-    s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates], **SLOW_FIT)
-    plan = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())['steps']
+    s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rates, _Slow(0.1)], **SLOW_FIT)
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan = info['steps']
     assert s['folds'][0]['resumed_from_epoch'] == 2 and plan['replanned_at'] == 4 and plan['steps'] > 24
     assert len(rates.lrs) == plan['steps'] - 24 and rates.lrs[-1][0] == pytest.approx(FitConfig(arch='simple').lr / 1e5)
+    assert 24 * 0.1 < info['seconds_before_resume'] < info['fold_seconds'] < 12 * 1.5  # the fold's time counts both processes
+
+
+def test_a_fit_resumed_on_a_slower_machine_replans_to_keep_its_budget(data, tmp_path, monkeypatch):
+    """Planned on fast steps, interrupted after its second epoch, resumed where each step takes 0.15 s more: the resumed
+    process times its own first steps and plans again from the seconds its checkpoint says were spent."""
+    from thera_fastai.train import budget
+    monkeypatch.setattr(budget, 'REPLAN_MIN_STEPS', 4); monkeypatch.setattr(budget, 'REPLAN_AT', 0.0)
+    first, lines = _Rates(), []
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[first, _Slow(0.02), _StopAfter(1)], **SLOW_FIT)
+    ckpt_path = tmp_path/'run'/'fold0'/'ckpt-e1.pth'
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    fast = ckpt['state']['plan']  # the plan it was interrupted on
+    assert 0 < ckpt['state']['spent_seconds'] < 6
+    ckpt['state']['spent_seconds'] = 6.0  # as if its first two epochs had taken half the budget
+    torch.save(ckpt, ckpt_path)
+    monkeypatch.setattr('thera_fastai.train.training.measure_speed', None)  # a resumed fit does not probe again
+    rest = _Rates()
+    tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rest, _Slow(0.17)], **{**SLOW_FIT, 'log': lines.append})
+    info = json.loads((tmp_path/'run'/'fold0'/'fold.json').read_text())
+    plan, lrs = info['steps'], [r[0] for r in first.lrs + rest.lrs]
+    resumed = [r for r in plan['replans'] if r['when'] == 'resume']
+    assert len(resumed) == 1 and resumed[0]['step'] == 24 + 4 and resumed[0]['step_seconds'] >= 0.17
+    assert resumed[0]['steps_from'] == fast['steps'] and plan['steps'] < 0.7 * fast['steps']  # fewer steps at the slower pace
+    assert any('resuming after epoch 1' in line and 'min budget spent' in line for line in lines)
+    assert any(f"re-planned after step 28 (resume of epoch 2)" in line for line in lines)
+    assert info['seconds_before_resume'] == 6.0 and info['fold_seconds'] < 12 * 1.25  # kept planned at the first pace: about 2x
+    assert info['fold_seconds'] > 6.0 + 0.17 * len(rest.lrs)  # the 6 s spent before count: this process planned what was left
+    assert len(lrs) == plan['steps'] and lrs[-1] == pytest.approx(FitConfig(arch='simple').lr / 1e5)  # the schedule still ends at zero
+    assert _bends_without_a_jump(lrs, 24) and _bends_without_a_jump(lrs, 28)  # the resume, and the bend after it
 
 
 class _SlowFrom(Callback):
@@ -238,12 +272,7 @@ def test_the_pace_outlook_follows_a_drift_and_expects_a_load_to_last_as_long_aga
 
 def test_a_fit_replanned_at_an_epoch_end_resumes_on_its_bent_schedule(data, tmp_path, monkeypatch):
     first = _Rates()
-
-    class _Stop(Callback):
-        order = 99
-        def after_epoch(self):
-            if self.epoch == 2: raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[first, _slowing_fit(monkeypatch), _Stop()], **SLOW_FIT)
+    with pytest.raises(KeyboardInterrupt): tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[first, _slowing_fit(monkeypatch), _StopAfter(2)], **SLOW_FIT)
     monkeypatch.setattr('thera_fastai.train.training.measure_speed', None)  # a resumed fit does not probe again
     rest = _Rates()
     s = tf.fit(data, tmp_path/'run', fold=0, budget=12, cbs=[rest], **SLOW_FIT)

@@ -154,6 +154,7 @@ def test_a_budgeted_sweep_gives_every_fold_of_every_trial_the_same_time_and_net(
     assert said[0] == 'epochs: a budget of 0.2 min per fold sets the steps, so epochs leaves the search space'
     widest = '/'.join(map(str, WIDTHS_LADDER[0]))
     assert said[1].startswith(f"widths auto: {widest}, sized by trial 0 for 0.2 min a fold") and len(said) == 4   # and a line per trial
+    assert 'every airbench trial at this budget trains this net' in said[1]
     assert study.user_attrs == {'widths_at_12s': list(WIDTHS_LADDER[0])}
     for trial in study.trials:
         run = open_run(trial.user_attrs['run'])
@@ -163,6 +164,30 @@ def test_a_budgeted_sweep_gives_every_fold_of_every_trial_the_same_time_and_net(
         assert [f['steps']['budget'] for f in folds] == [12.0, 12.0] and all(f['steps']['steps'] >= 1 for f in folds)
         assert trial.user_attrs['minutes'] == pytest.approx(sum(f['fit_seconds'] for f in folds) / 60)
     assert leaderboard(study).splitlines()[0].endswith(f"every fold at a budget of 0.2 min; airbench widths {widest} sized once for 12 s a fold")
+
+
+def test_workers_that_start_together_size_the_shared_net_once(tmp_path, monkeypatch):
+    "Two workers' first trials ask for the net at once: one sizes it while the other waits, and both train it."
+    import threading, time
+    import optuna
+    from thera_fastai.train import sizing
+    from thera_fastai.train.sweep import _shared_widths, open_study
+    from thera_fastai.api import make_config
+    calls = []
+    def slow_sizing(data, cfg, runtime, cache=None, log=None):
+        calls.append(threading.get_ident()); time.sleep(1.0)  # the time a real sizing takes, in which a second worker asks
+        return (32, 128, 128) if len(calls) == 1 else (64, 256, 256)  # a second timing, under the first's load, would differ
+    monkeypatch.setattr(sizing, 'sized_widths', slow_sizing)
+    open_study(tmp_path/'sweep', 'study')
+    cfg, got, said = make_config(arch='airbench', budget=60.0), {}, []
+    def worker(name):  # a worker of its own: its own study object on the shared storage
+        study = optuna.load_study(study_name='study', storage=f"sqlite:///{tmp_path/'sweep'/'study.db'}")
+        got[name] = _shared_widths(study.ask(), tmp_path/'data', tmp_path/'sweep', cfg, {'threads': 1}, said.append)
+    threads = [threading.Thread(target=worker, args=(n,)) for n in 'ab']
+    for t in threads: t.start()
+    for t in threads: t.join()
+    assert len(calls) == 1 and got['a'] == got['b'] == [32, 128, 128] and len(said) == 1
+    assert optuna.load_study(study_name='study', storage=f"sqlite:///{tmp_path/'sweep'/'study.db'}").user_attrs == {'widths_at_60s': [32, 128, 128]}
 
 
 def test_a_trial_is_said_in_one_line_with_where_it_stopped():

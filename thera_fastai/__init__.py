@@ -11,7 +11,7 @@ import warnings
 # fastai's layers call torch.jit.script at import, which torch 2.14 deprecates: a notice about fastai, not the user's code.
 warnings.filterwarnings('ignore', message=r'`torch\.jit\.script` is deprecated', category=FutureWarning)
 
-__version__ = '0.25.0'
+__version__ = '0.26.0'
 
 _EXPORTS = {'fit': 'api', 'predict': 'api', 'report': 'api', 'explore': 'api', 'compare': 'api', 'audit': 'api',
             'load_fold_learner': 'train.learner', 'thera_learner': 'train.learner', 'create_model': 'models', 'model_profile': 'models',

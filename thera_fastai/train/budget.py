@@ -133,11 +133,11 @@ def plan_steps(budget_s, spent_s, speed, n_iter, n_valid, tta, reuse_last=False,
                 planned_seconds=spent_s + (best['steps'] - done_steps) * step_s + best['eval_seconds'])
 
 
-def replan_step(plan):
-    """The step after which a budgeted fit re-plans: inside its first epoch, before the first checkpoint (None where that
-    epoch is too short to time, or the plan ends first)."""
+def replan_step(plan, from_step=0):
+    """The step after which a budgeted fit that starts at step `from_step` (0, or a resumed epoch's first) re-plans:
+    inside that epoch, before its checkpoint (None where the epoch is too short to time, or the plan ends first)."""
     at = min(max(REPLAN_MIN_STEPS, round(REPLAN_AT * plan['steps'])), plan['steps_per_epoch'] - 1)
-    return at if REPLAN_MIN_STEPS <= at < plan['steps'] else None
+    return from_step + at if REPLAN_MIN_STEPS <= at and from_step + at < plan['steps'] else None
 
 
 def epoch_cap(plan):
@@ -178,11 +178,16 @@ class Replan(Callback):
       steps, and are listed in the plan's `replans`.
 
     The evaluation times are scaled from the last ones timed with the step time of that moment. Each re-plan runs
-    before the epoch's checkpoint is written, so a resumed fit reads the re-planned steps from it."""
+    before the epoch's checkpoint is written, so a resumed fit reads the re-planned steps from it.
+
+    A fit resumed after epoch `start_epoch - 1` (`t0` set back by the seconds its checkpoint says were spent) plans
+    again the same way from its first steps in this process: the machine it resumes on, or its load, need not be the
+    one it was planned on. That re-plan is listed as `resume` even where it keeps the plan."""
     order = 69  # before EpochCheckpoint's after_epoch
-    def __init__(self, plan, budget_s, t0, n_valid, tta, reuse_last=False, log=print):
+    def __init__(self, plan, budget_s, t0, n_valid, tta, reuse_last=False, log=print, start_epoch=0):
         self.plan, self.budget_s, self.t0, self.n_valid, self.tta, self.reuse_last, self.log = plan, budget_s, t0, n_valid, tta, reuse_last, log
-        self.at, self.t1, self.window_s, self.windows = replan_step(plan), None, REPLAN_EVERY * budget_s, []
+        self.start_epoch, self.first = start_epoch, start_epoch * plan['steps_per_epoch']
+        self.at, self.t1, self.window_s, self.windows = replan_step(plan, self.first), None, REPLAN_EVERY * budget_s, []
         self.ref = dict(step_s=plan['step_seconds'], eval_img_s=plan['eval_image_seconds'], aug_img_s=plan['tta_image_seconds'], epoch_s=plan['epoch_seconds'])
 
     def before_train(self): self.valid_s, self.epoch_steps = None, 0; self._new_window()
@@ -196,8 +201,8 @@ class Replan(Callback):
         self.win_steps += 1; self.epoch_steps += 1
         done = fit_step(self.learn) + 1
         if self.at is not None:
-            if done == 1: self.t1 = time.perf_counter()  # the first step pays for the fit's own warm-up: not timed
-            elif done == self.at and self.t1 is not None: self._early(done, (time.perf_counter() - self.t1) / (done - 1))
+            if done == self.first + 1: self.t1 = time.perf_counter()  # the first step pays for the fit's own warm-up: not timed
+            elif done == self.at and self.t1 is not None: self._early(done, (time.perf_counter() - self.t1) / (done - self.first - 1))
             return
         win_s = time.perf_counter() - self.win_t0
         if win_s >= self.window_s and self.win_steps >= REPLAN_MIN_STEPS and done < self.plan['steps']:
@@ -212,14 +217,20 @@ class Replan(Callback):
 
     def _early(self, done, step_s):
         p = self.plan
-        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done)
-        self.ref, self.at = self._speed_at(step_s), None
+        self.at = None
         self.windows.append((self.t1, step_s))
+        if self.first:  # a resumed fit: its probe and first re-plan are its first process's; this one is listed
+            self._later(done, self.start_epoch, 'resume')
+            self._new_window()
+            return
+        p.update(probe_steps=p['steps'], probe_step_seconds=p['step_seconds'], replanned_at=done)
+        self.ref = self._speed_at(step_s)
         old, steps = self._apply(self._steps(self.ref, done, 0), done)
         self.log(f"re-planned after {done} steps at {step_s:.2f} s a step (the probe: {p['probe_step_seconds']:.2f} s): {old} -> {steps} steps")
         self._new_window()
 
     def after_epoch(self):
+        if self.epoch < self.start_epoch: return  # an epoch a resumed fit skips: fastai still ends it
         done = (self.epoch + 1) * self.plan['steps_per_epoch']  # learn.n_iter is the validation's here
         if done >= self.plan['steps'] or self.valid_s is None: return  # the fit ends here, or nothing was timed
         # the steps since the last window close one more, unless too few of them are left after it
@@ -239,15 +250,16 @@ class Replan(Callback):
         step_s, loss_s = pace_outlook(self.windows, now, left)
         new = self._steps(self._speed_at(step_s), done, done_epochs, loss_s)
         spent = new.pop('spent', False)
-        if abs(new['steps'] - p['steps']) <= REPLAN_TOLERANCE * p['steps']: return
         # an end this near leaves the schedules no room to bend to it; only a spent budget ends the fit at once
-        if min(p['steps'], new['steps']) - done < BEND_MIN_STEPS and not spent: return
-        old, steps = self._apply(new, done)
+        keep = abs(new['steps'] - p['steps']) <= REPLAN_TOLERANCE * p['steps'] or (min(p['steps'], new['steps']) - done < BEND_MIN_STEPS and not spent)
+        if keep and when != 'resume': return  # a resume is listed either way: the fold says where it resumed and at what pace
+        old, steps = (p['steps'], p['steps']) if keep else self._apply(new, done)
         pace = self.windows[-1][1]
         p.setdefault('replans', []).append(dict(step=done, epoch=self.epoch, when=when, step_seconds=round(pace, 4), plan_step_seconds=round(step_s, 4),
                                                 load_seconds=round(loss_s, 1), steps_from=old, steps_to=steps))
         load = f" (a load: planned at {step_s:.2f} s and {loss_s:.0f} s more)" if loss_s else ''
-        self.log(f"re-planned after step {done} ({when} of epoch {self.epoch}) at {pace:.2f} s a step{load}: {old} -> {steps} steps")
+        what = f"kept its {steps} steps" if keep else f"{old} -> {steps} steps"
+        self.log(f"re-planned after step {done} ({when} of epoch {self.epoch}) at {pace:.2f} s a step{load}: {what}")
 
     def _steps(self, speed, done, done_epochs, loss_s=0.0):
         "The steps the budget holds from here at `speed`, `loss_s` seconds of it expected lost, under the cap of epochs the fit was started with."

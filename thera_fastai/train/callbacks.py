@@ -1,6 +1,6 @@
 """Callbacks of a fold's fit: how it runs (memory layout, bf16 autocast) and what makes it resumable
 (epoch checkpoints with the random state, a history with one row per epoch)."""
-import io, random, re, warnings
+import io, random, re, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -105,11 +105,12 @@ def _unwrapped(model):
 def _stateful(cb): return callable(getattr(type(cb), 'checkpoint_state', None))  # a Callback's own attribute, not its Learner's
 
 
-def _ckpt_bytes(learn, epoch, plan=None):
+def _ckpt_bytes(learn, epoch, plan=None, spent_s=None):
     buf = io.BytesIO()
     smooth = learn.recorder.smooth_loss  # the logged train_loss: a moving average that runs across epochs
     state = dict(rng=rng_states(learn.dls), smooth_loss=[torch.as_tensor(smooth.val).as_subclass(torch.Tensor).detach().clone(), int(smooth.count)],
                  extra={type(cb).__name__: cb.checkpoint_state() for cb in learn.cbs if _stateful(cb)}, plan=_plain(plan))
+    if spent_s is not None: state['spent_seconds'] = float(spent_s)
     torch.save(dict(epoch=epoch, model=_unwrapped(learn.model).state_dict(), opt=_plain(learn.opt.state_dict()), state=state), buf)
     return buf.getvalue()
 
@@ -117,10 +118,11 @@ def _ckpt_bytes(learn, epoch, plan=None):
 class EpochCheckpoint(Callback):
     """After every epoch, saves model, optimizer, every random state and the running train loss as `ckpt-e{epoch}.pth`,
     atomically, keeping only the newest; on resume they are put back before the next epoch, so a resumed fit equals an
-    uninterrupted one."""
+    uninterrupted one. With `started` (the `time.time()` the fold's clock counts from), it also saves the seconds the
+    fold has spent, so that a resumed fold's budget counts the epochs it keeps."""
     order = 70
-    def __init__(self, folder, start_epoch=0, resume=None, plan=None):
-        self.folder, self.start, self.resume, self.plan = Path(folder), start_epoch, resume, plan
+    def __init__(self, folder, start_epoch=0, resume=None, plan=None, started=None):
+        self.folder, self.start, self.resume, self.plan, self.started = Path(folder), start_epoch, resume, plan, started
 
     def before_train(self):
         if self.resume is None: return
@@ -131,7 +133,7 @@ class EpochCheckpoint(Callback):
     def after_epoch(self):
         if self.epoch < self.start or not is_main(): return  # an epoch skipped on resume; only rank 0 writes
         path = self.folder/f"ckpt-e{self.epoch}.pth"
-        data = _ckpt_bytes(self.learn, self.epoch, self.plan)
+        data = _ckpt_bytes(self.learn, self.epoch, self.plan, None if self.started is None else time.time() - self.started)
         atomic_write(path, lambda tmp: tmp.write_bytes(data))
         for _, old in checkpoints(self.folder):
             if old != path: old.unlink(missing_ok=True)

@@ -16,12 +16,13 @@ from ..runs import RUN_FILE
 from .budget import measure_speed, plan_steps
 from .distributed import world_size
 
-__all__ = ['size_for_budget', 'budget_epochs', 'kept_config']
+__all__ = ['size_for_budget', 'sized_widths', 'budget_epochs', 'kept_config']
 
 
 def kept_config(cfg: FitConfig, out):
     """The config of the run already in `out` where it is `cfg` in all but its widths (None where there is none): a
-    resumed or extended run keeps the net it started with."""
+    resumed or extended run keeps the net it started with. `out` None: no run."""
+    if out is None: return None
     path = Path(out)/RUN_FILE
     if not path.exists(): return None
     saved = read_json(path, 'run config').get('config')
@@ -45,7 +46,7 @@ def budget_epochs(cfg: FitConfig, images, labels, train_idx, valid_idx, runtime)
 
 
 def size_for_budget(cfg: FitConfig, out, images, labels, train_idx, valid_idx, runtime, log=print):
-    """`cfg` with concrete widths where it asks for `auto`: those of the run already in `out`, else the widest of
+    """`cfg` with concrete widths where it asks for `auto`: those of the run already in `out` (if any), else the widest of
     `WIDTHS_LADDER` whose budget holds `AUTO_MIN_EPOCHS` on this machine, else the narrowest. Any other `cfg` as it is."""
     if cfg.widths != AUTO_WIDTHS: return cfg
     kept = kept_config(cfg, out)
@@ -67,3 +68,16 @@ def size_for_budget(cfg: FitConfig, out, images, labels, train_idx, valid_idx, r
 
 
 def _text(widths): return '/'.join(map(str, widths))
+
+
+def sized_widths(data, cfg: FitConfig, runtime, cache=None, log=print):
+    """The widths `auto` gives `cfg` on this machine (`runtime`: a `Runtime`), timed on the first fold's training rows
+    as `thera-fit` times them, without training: for a study whose trials share one net, sized once."""
+    from ..data.folds import fold_train_rows  # here: the data modules are not needed to size a run already on disk
+    from ..data.rows import prepare_data
+    rt = runtime.resolved()
+    runtime.apply()
+    ds, images, rows, excluded, _ = prepare_data(data, cfg, cache, None, runtime.threads, log)
+    sized = size_for_budget(cfg, None, images, ds.labels,
+                            *fold_train_rows(rows, ds.labels, cfg.folds, cfg.seed, 0, excluded), rt, log)
+    return tuple(sized.widths or WIDTHS_LADDER[0])

@@ -7,6 +7,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
+from filelock import FileLock
+
 from ..config import AUTO_WIDTHS, COMMAND_DEFAULTS as _C
 from ..api import make_config
 from ..errors import TheraError
@@ -120,6 +122,23 @@ def open_study(out, study=_C['study'], storage=None):
 def _sized_key(budget): return f"widths_at_{budget:g}s"
 
 
+def _shared_widths(trial, data, out, cfg, fit_kwargs, log=print):
+    """The net every airbench trial at `cfg`'s budget trains: the study's, else sized now by this trial and kept in the
+    study. A lock in the study folder makes workers that share it wait for the first sizing instead of each timing its own."""
+    from ..config import Runtime
+    from .sizing import sized_widths
+    key = _sized_key(cfg.budget)
+    with FileLock(Path(out)/f".{key}.lock"):
+        widths = trial.study.user_attrs.get(key)  # read from the storage: another worker may have sized it while this one waited
+        if widths is not None: return widths
+        runtime = Runtime(**{k: fit_kwargs[k] for k in ('device', 'precision', 'threads') if fit_kwargs.get(k) is not None})
+        widths = list(sized_widths(data, cfg, runtime, fit_kwargs.get('cache'), lambda *_: None))
+        trial.study.set_user_attr(key, widths)
+    log(f"widths auto: {'/'.join(map(str, widths))}, sized by trial {trial.number} for {cfg.budget / 60:g} min a fold; "
+        f"every airbench trial at this budget trains this net (widths in the space to search it)")
+    return widths
+
+
 def _objective(data, out, space, fit_kwargs, prune_above, log=print):
     import optuna
     from .. import api
@@ -127,9 +146,8 @@ def _objective(data, out, space, fit_kwargs, prune_above, log=print):
     def objective(trial):
         values = _suggest(trial, space)
         cfg = make_config(**values)
-        pinned = trial.study.user_attrs.get(_sized_key(cfg.budget)) if cfg.sized_to_budget else None
-        if pinned is not None and cfg.widths == AUTO_WIDTHS:  # one net for every trial at this budget: see `sweep`
-            values['widths'] = pinned; cfg = make_config(**values)
+        if cfg.sized_to_budget and cfg.widths == AUTO_WIDTHS:  # one net for every trial at this budget: see `sweep`
+            values['widths'] = _shared_widths(trial, data, out, cfg, fit_kwargs, log); cfg = make_config(**values)
         run = Path(out)/f"trial-{trial.number:04d}"
         trial.set_user_attr('run', str(run)); trial.set_user_attr('budget', cfg.budget)
         hter = None
@@ -137,11 +155,6 @@ def _objective(data, out, space, fit_kwargs, prune_above, log=print):
             summary = api.fit(data, run, fold=k, **fit_kwargs, **values)
             hter = summary['pooled']['cross_fitted']['hter']  # over the folds so far
             trial.set_user_attr('minutes', summary['fit_seconds'] / 60)
-            if cfg.widths == AUTO_WIDTHS and _sized_key(cfg.budget) not in trial.study.user_attrs:
-                widths = list(summary['config']['widths'])  # what the sizing chose, as the run saved it
-                trial.study.set_user_attr(_sized_key(cfg.budget), widths)
-                log(f"widths auto: {'/'.join(map(str, widths))}, sized by trial {trial.number} for {cfg.budget / 60:g} min a fold; "
-                    f"every later airbench trial at this budget trains this net (widths in the space to search it)")
             trial.report(hter, k)
             if (prune_above is not None and hter > prune_above) or trial.should_prune(): raise optuna.TrialPruned()
         return hter
@@ -160,9 +173,9 @@ def sweep(data,  # The exercise zip or its extracted folder
           **fit_kwargs,  # Passed to `fit`: cache, device, precision, threads
          ):
     """Runs `trials` trials of the study in this process; returns the study. Start the same call on other machines to add workers.
-    Under a budget, the airbench net's `widths='auto'` is sized once, by the first trial to finish a fold at that budget,
-    and kept in the study: later trials train the same net rather than one sized on their own timing, which would
-    change the net between trials with the machine's load."""
+    Under a budget, the airbench net's `widths='auto'` is sized once, by the first trial at that budget, before it
+    trains, and kept in the study: every trial trains the same net rather than one sized on its own timing, which would
+    change the net between trials with the machine's load. Workers that share `out` wait for that sizing (a lock there)."""
     if not isinstance(trials, int) or trials < 1: raise TheraError(f"must be at least 1 (got {trials!r})", param='trials')
     from ..data.source import open_dataset
     space = fit_space(space if isinstance(space, dict) else read_space(space), len(open_dataset(data).labels), log, budget)

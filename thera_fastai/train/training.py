@@ -92,17 +92,23 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     _whiten(learn, cfg, images, train_idx, stats)
     start, rng = load_checkpoint(learn, folder)
     plan = rng['plan'] if rng and 'plan' in rng else _plan(learn, cfg, len(valid_idx), t0)
+    before = (rng or {}).get('spent_seconds')  # the fold's seconds up to its checkpoint, in the processes before this one
+    t0 -= before or 0.0  # the budget's clock counts the epochs kept, not the time since this process started
     if cfg.budget and start == 0: log(f"fold {fold}: budget {cfg.budget / 60:.1f} min holds {plan['steps']} steps "
                                       f"({plan['steps'] / plan['steps_per_epoch']:.2f} epochs) at {plan['step_seconds']:.2f} s a step")
     finished = start >= plan['epochs']
-    if start and not finished: log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/)")
+    if start and not finished:
+        spent = f", {before / 60:.1f} min of its {cfg.budget / 60:.1f} min budget spent" if cfg.budget and before is not None else ''
+        log(f"fold {fold}: resuming after epoch {start - 1} from its checkpoint ({folder.name}/){spent}")
     if cfg.distill and not finished: soft = teacher_probs(cfg.distill, images, valid_idx, train_idx, runtime['device'])
     extra = list(cbs or [])
     last_valid = LastValidation(plan)
-    cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan), last_valid,
+    cbs = [StopOnNonFinite(fold, folder), HistoryCSV(folder/'history.csv', start), EpochCheckpoint(folder, start, rng, plan, t0), last_valid,
            *lever_callbacks(cfg, soft), *method_callbacks(cfg, plan['steps'], len(fit_images))]
-    replanning = bool(cfg.budget) and start == 0 and world_size() == 1  # ranks would re-plan apart; a resumed fit keeps its checkpoint's plan
-    if replanning: cbs.append(Replan(plan, cfg.budget, t0, len(valid_idx), cfg.tta, ends_on_validated_weights(cfg), lambda m: log(f"fold {fold}: {m}")))
+    # ranks would re-plan apart; a checkpoint from before 0.26.0 has no seconds spent to plan from, and keeps its plan
+    replanning = bool(cfg.budget) and world_size() == 1 and (start == 0 or before is not None) and not finished
+    if replanning: cbs.append(Replan(plan, cfg.budget, t0, len(valid_idx), cfg.tta, ends_on_validated_weights(cfg), lambda m: log(f"fold {fold}: {m}"),
+                                     start_epoch=start))
     resume_callbacks(cbs, rng)
     cbs += extra
     if not bars: learn.logger = _epoch_line(learn.recorder, fold, log)
@@ -116,7 +122,7 @@ def train_fold(images, labels, train_idx, valid_idx, cfg: FitConfig, runtime, fo
     if world_size() > 1: log(f"fold {fold}, rank {rank()} of {world_size()}: weights {short_hash(weights_bytes(learn.model))}")
     if not is_main(): barrier(); return None
     how = dict(runtime, world_size=world_size())
-    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0, pseudo, last_valid)
+    with alone(): info = _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, how, folder, rid, fold, start, fit_s, plan, t0, pseudo, last_valid, before)
     barrier()
     return info
 
@@ -129,8 +135,10 @@ def _oof_probs(learn, dls, cfg, fold, last_valid=None):
     return predict_probs(learn, dls.valid, cfg.tta, seed=cfg.training_seed + fold, compile=compile, flip=cfg.alternating_flip, with_plain=True, plain=kept)
 
 
-def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None, last_valid=None):
-    "Rank 0's part after the fit: out-of-fold predictions, weights, `fold.json` last, checkpoints removed."
+def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folder, rid, fold, start, fit_s, plan, t0, pseudo=None, last_valid=None,
+            before=None):
+    """Rank 0's part after the fit: out-of-fold predictions, weights, `fold.json` last, checkpoints removed. `fold_seconds`
+    counts from `t0`, which a resumed fold sets back by `before`, the seconds its earlier processes spent on the epochs it kept."""
     targs = np.asarray(labels)[valid_idx]
     probs, probs_tta = _oof_probs(learn, dls, cfg, fold, last_valid)
     done_steps = max(plan['steps'] - start * plan['steps_per_epoch'], 0)  # those of this process, not of an earlier one
@@ -139,7 +147,7 @@ def _finish(learn, dls, stats, labels, train_idx, valid_idx, cfg, runtime, folde
     info = dict(run_id=rid, fold=fold, config=cfg.to_dict(), stats=[list(s) for s in stats], threshold=best_threshold(probs_tta, targs),
                 at_05=error_rates(probs_tta, targs), at_05_plain=error_rates(probs, targs), n_train=len(train_idx),
                 n_valid=len(valid_idx), fit_seconds=fit_s, images_seen=int(done_steps * cfg.bs), steps=plan,
-                epochs_run=plan['steps'] / plan['steps_per_epoch'] if plan['steps_per_epoch'] else 0.0, fold_seconds=time.time() - t0, resumed_from_epoch=start, runtime=runtime, versions=library_versions(), command=command_line(), profile=model_profile(_unwrapped(learn.model)),
+                epochs_run=plan['steps'] / plan['steps_per_epoch'] if plan['steps_per_epoch'] else 0.0, fold_seconds=time.time() - t0, resumed_from_epoch=start, seconds_before_resume=before, runtime=runtime, versions=library_versions(), command=command_line(), profile=model_profile(_unwrapped(learn.model)),
                 files={n: file_hash(folder/n) for n in FOLD_FILES})
     if pseudo is not None: info['pseudo'] = pseudo
     write_json(folder/FOLD_FILE, info)
