@@ -302,3 +302,21 @@ def test_the_resume_bench_interrupts_a_budgeted_fold_and_reads_how_its_resume_ke
     assert row.fold_min < 25 / 60 * 1.5  # the two processes together, not the resumed one alone
     table = resume_budget.markdown(pd.read_csv(csv)).splitlines()
     assert table[2].startswith(f"| run | {info['versions']['thera_fastai']} | 0 | 1, 1 | {row.resumed_from_epoch - 1} |") and len(table) == 3
+
+
+def test_the_tta_probe_bench_times_each_of_the_probes_tta_calls_in_a_fresh_process(tmp_path, monkeypatch):
+    import probe_tta
+    from conftest import write_dataset
+    write_dataset(tmp_path/'data', n_train=96, n_val=4)
+    monkeypatch.setenv('THERA_CACHE', str(tmp_path/'cache'))
+    args = probe_tta.argparse.Namespace(data=str(tmp_path/'data'), widths='32/128/128', threads=1, bs=16)
+    row = probe_tta.one_process(args)
+    calls = [float(c) for c in row['call_s'].split()]
+    assert len(calls) == 4 and all(c > 0 for c in calls)  # the probe's untimed call and the three it takes the best of
+    per_image = [max(c / row['batch'] - row['eval_img_ms'] / 1e3, row['eval_img_ms'] / 1e3) * 1e3 for c in calls]
+    rounding = 0.00005 / row['batch'] * 1e3 + 1e-9  # the calls are kept to 0.1 ms
+    assert row['first_call_aug_img_ms'] == pytest.approx(per_image[0], abs=rounding)
+    overhead = 0.0002 / row['batch'] * 1e3  # the probe's own timing also holds its no_bar and no_logging: at most 0.2 ms a call
+    assert min(per_image) - rounding <= row['aug_img_ms'] <= min(per_image) + overhead  # the best call, not the first
+    table = probe_tta.markdown(pd.DataFrame([dict(process=0, **row)])).splitlines()
+    assert len(table) == 3 and table[2].startswith(f"| 0 | 32/128/128 | {row['call_s']} |")

@@ -39,12 +39,14 @@ def _study_tables():
     import sys
     import pandas as pd
     sys.path.insert(0, str(ROOT/'bench'))
-    import ensemble_study, lever_ledger, method_study, noise_study, resume_budget, tta_study
+    import budget_adherence, ensemble_study, lever_ledger, method_study, noise_study, probe_tta, resume_budget, tta_study
     studies = [(p, method_study.study_markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('*.csv'))
                if p.name.startswith(('study_', 'method_study', 'pseudo_'))]
     studies += [(p, noise_study.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('noise_*.csv'))]
     studies += [(p, tta_study.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('tta_*.csv'))]
     studies += [(p, resume_budget.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('resume_*.csv'))]
+    studies += [(p, budget_adherence.adherence_markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('budget_adherence*.csv'))]
+    studies += [(p, probe_tta.markdown(pd.read_csv(p))) for p in sorted((ROOT/'docs').glob('probe_*.csv'))]
     studies += [(d, ensemble_study.markdown(*(pd.read_csv(d/f) for f in ensemble_study.TABLES)))
                 for d in sorted((ROOT/'docs').glob('ensemble_*')) if d.is_dir()]
     studies.append((ROOT/'docs'/'study_30m_bf16*.csv', lever_ledger.markdown(lever_ledger.ledger((ROOT/'docs').glob('study_30m_bf16*.csv')))))

@@ -119,6 +119,31 @@ def test_a_budget_fit_replans_on_its_own_steps_where_the_probe_misjudged_them(da
     else: assert plan['steps'] > 3 * plan['probe_steps'] and plan['epochs'] > 1 >= math.ceil(plan['probe_steps'] / 12)  # more epochs than planned
 
 
+def test_the_probe_takes_the_best_of_its_tta_calls_not_a_slow_first_one(data, tmp_path, monkeypatch):
+    "A first TTA call that pays one-time costs must not enter the estimate of the fold's final passes."
+    from fastai.learner import Learner
+    from thera_fastai.config import Runtime
+    from thera_fastai.data.cache import cached_images
+    from thera_fastai.data.loaders import image_stats
+    from thera_fastai.data.source import open_dataset
+    from thera_fastai.train.budget import measure_speed
+    from thera_fastai.train.learner import config_dataloaders, thera_learner
+    ds = open_dataset(data)
+    images, train, valid = cached_images(ds.train, tmp_path/'cache'), np.arange(64), np.arange(64, 96)
+    cfg, runtime = FitConfig(arch='simple', bs=16, tta=1, budget=60), Runtime(precision='fp32').resolved()
+    dls = config_dataloaders(cfg, images, ds.labels, train, valid, image_stats(images, train), runtime['device'])
+    learn = thera_learner(dls, cfg, tmp_path, ds.labels[train], runtime)
+    real, calls = Learner.tta, []
+    def first_slow(self, *args, **kwargs):
+        calls.append(time.perf_counter())
+        if len(calls) == 1: time.sleep(1.0)  # what a first pass can pay once: kernels chosen, buffers allocated
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Learner, 'tta', first_slow)
+    speed = measure_speed(learn)
+    assert len(calls) == 4 and 0 < speed['aug_img_s'] < 0.25 / 16  # the second of sleep a batch of 16 would be 1/16 s an image
+    assert speed['aug_img_s'] >= speed['eval_img_s']
+
+
 class _StopAfter(Callback):
     "Interrupts the fit after epoch `epoch`'s checkpoint, as Ctrl-C would."
     order = 99

@@ -22,11 +22,13 @@ AIRBENCH = dict(lr=11.5, momentum=0.85, wd=0.0153, bias_scaler=64.0, warmup=0.23
                 whiten=True, whiten_bias=0.3, whiten_eps=5e-4, whiten_images=5000, bn_momentum=0.6, bn_weight=False,
                 dirac=True, lookahead=True, lookahead_every=5, alt_flip=True, muon=False, muon_lr=0.24, muon_momentum=0.6)
 # `widths='auto'` (the default; it sizes the net of a budgeted airbench fit): the widest of these whose budget holds
-# AUTO_MIN_EPOCHS on the machine that starts the run, else the narrowest. A narrower net beat the default wherever the default's budget held
-# 0.3-2.2 epochs and was level at 7.5: docs/results.md, *The net sized to the budget*.
+# AUTO_MIN_EPOCHS on the machine that starts the run, else the narrowest. Measured nets that trained fewer than 3 epochs
+# lost to a narrower net that trained more (the default at 0.3-2.2, 48/192/192 at 2.3-2.7), or were level with it where
+# both were short (1.65 against 2.4); from 4.5 epochs on none lost (3 to 4.5 unmeasured): docs/results.md, *The net sized
+# to the budget* and *32/128/128 against 48/192/192 at 10 minutes*.
 AUTO_WIDTHS = 'auto'
 WIDTHS_LADDER = ((64, 256, 256), (48, 192, 192), (32, 128, 128))
-AUTO_MIN_EPOCHS = 2.5
+AUTO_MIN_EPOCHS = 3.0
 AIRBENCH_HYP = {k: v for k, v in AIRBENCH.items() if k not in ('lr', 'wd')}  # lr and wd are FitConfig's own fields
 METHODS = ('adam', 'airbench')
 METHOD_DEFAULTS = {'adam': dict(wd=0.01), 'airbench': dict(lr=AIRBENCH['lr'], wd=AIRBENCH['wd'], bs=256)}

@@ -62,12 +62,17 @@ def measure_speed(learn, steps=PROBE_STEPS):
 def _one_batch(dl): return dl.new(n=min(dl.bs, dl.n))
 
 
-def _augmented_seconds(learn, eval_img_s):
-    "Seconds per image of a TTA pass (augmentation on the batch, then the forward pass), from one TTA pass over one batch."
-    dl = _one_batch(learn.dls.valid)
-    t0 = time.perf_counter()
-    with learn.no_bar(), learn.no_logging(): learn.tta(dl=dl, n=1, beta=None)
-    return max((time.perf_counter() - t0) / dl.n - eval_img_s, eval_img_s)
+def _augmented_seconds(learn, eval_img_s, repeats=3):
+    """Seconds per image of a TTA pass (augmentation on the batch, then the forward pass), from `learn.tta` over one
+    batch (an augmented pass and a plain one, whose `eval_img_s` is taken off): the best of `repeats + 1` calls, as
+    `_eval_seconds` times the plain pass. One call's time varies widely, and a long reading plans the fold's final
+    passes long, which ends its training early."""
+    dl, best = _one_batch(learn.dls.valid), math.inf
+    for _ in range(repeats + 1):
+        t0 = time.perf_counter()
+        with learn.no_bar(), learn.no_logging(): learn.tta(dl=dl, n=1, beta=None)
+        best = min(best, time.perf_counter() - t0)
+    return max(best / dl.n - eval_img_s, eval_img_s)
 
 
 def _epoch_seconds(learn, folder, batch_eval_s):

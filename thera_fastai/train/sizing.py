@@ -11,7 +11,9 @@ import numpy as np
 from ..config import AUTO_MIN_EPOCHS, AUTO_WIDTHS, WIDTHS_LADDER, FitConfig
 from ..errors import TheraError
 from ..files import read_json
+from ..data.folds import fold_train_rows
 from ..data.loaders import image_stats
+from ..data.rows import prepare_data
 from ..runs import RUN_FILE
 from .budget import measure_speed, plan_steps
 from .distributed import world_size
@@ -73,8 +75,6 @@ def _text(widths): return '/'.join(map(str, widths))
 def sized_widths(data, cfg: FitConfig, runtime, cache=None, log=print):
     """The widths `auto` gives `cfg` on this machine (`runtime`: a `Runtime`), timed on the first fold's training rows
     as `thera-fit` times them, without training: for a study whose trials share one net, sized once."""
-    from ..data.folds import fold_train_rows  # here: the data modules are not needed to size a run already on disk
-    from ..data.rows import prepare_data
     rt = runtime.resolved()
     runtime.apply()
     ds, images, rows, excluded, _ = prepare_data(data, cfg, cache, None, runtime.threads, log)
