@@ -67,11 +67,8 @@ def _augmented_seconds(learn, eval_img_s, repeats=3):
     batch (an augmented pass and a plain one, whose `eval_img_s` is taken off): the best of `repeats + 1` calls, as
     `_eval_seconds` times the plain pass. One call's time varies widely, and a long reading plans the fold's final
     passes long, which ends its training early."""
-    dl, best = _one_batch(learn.dls.valid), math.inf
-    for _ in range(repeats + 1):
-        t0 = time.perf_counter()
-        with learn.no_bar(), learn.no_logging(): learn.tta(dl=dl, n=1, beta=None)
-        best = min(best, time.perf_counter() - t0)
+    dl = _one_batch(learn.dls.valid)
+    best = _best_seconds(learn, lambda: learn.tta(dl=dl, n=1, beta=None), repeats + 1)
     return max(best / dl.n - eval_img_s, eval_img_s)
 
 
@@ -97,13 +94,18 @@ def _is_speed(cb):
 
 def _eval_seconds(learn, dl, repeats=2):
     """Seconds per image of a plain prediction pass over `dl` through the learner's own callbacks (its autocast and
-    memory format, as the fit's validation runs), best of `repeats` after one untimed pass."""
+    memory format, as the fit's validation runs), the best of `repeats + 1` passes."""
+    return _best_seconds(learn, lambda: learn.get_preds(dl=dl), repeats + 1) / dl.n
+
+
+def _best_seconds(learn, call, times):
+    "The least seconds of `times` runs of `call` with `learn`'s bar and logging off: a first run's one-time costs and a noisy run never count."
     best = math.inf
-    for _ in range(repeats + 1):
+    for _ in range(times):
         t0 = time.perf_counter()
-        with learn.no_bar(), learn.no_logging(): learn.get_preds(dl=dl)
+        with learn.no_bar(), learn.no_logging(): call()
         best = min(best, time.perf_counter() - t0)
-    return best / dl.n
+    return best
 
 
 def eval_seconds(n_epochs, tta, n_valid, eval_img_s, aug_img_s, epoch_s=0.0, reuse_last=False):
