@@ -38,8 +38,8 @@ def interrupt_after(cmd, fold_dir, seconds, poll=1.0):
     proc.send_signal(signal.SIGINT)
     proc.wait()
     import torch
-    newest = max(fold_dir.glob('ckpt-e*.pth'), key=lambda p: int(p.stem[len('ckpt-e'):]))
-    return torch.load(newest, weights_only=True)['state']['plan']
+    from thera_fastai.train.callbacks import checkpoints
+    return torch.load(checkpoints(fold_dir)[0][1], weights_only=True)['state']['plan']  # the newest
 
 
 def resume_row(args, info, interrupted):
